@@ -1,0 +1,89 @@
+# mqttpx: see README.md. `make run` and `make test` are all a new user needs.
+CC      ?= cc
+TLS     ?= 1
+DEV     ?= 1
+PREFIX  ?= /usr/local
+DESTDIR ?=
+PY      ?= /usr/bin/python3
+
+WARN = -std=c11 -Wall -Wextra -Wshadow -Wconversion -Wstrict-prototypes \
+       -Wmissing-prototypes -Wcast-qual -Wwrite-strings -Wformat=2 \
+       -Wundef -Wvla -Wframe-larger-than=4096 -fno-common
+SAN  = -fsanitize=address,undefined -fno-sanitize-recover=all \
+       -fno-omit-frame-pointer
+CFLAGS ?= -O2 -g
+ifeq ($(DEV),1)
+WERROR = -Werror
+endif
+ifeq ($(TLS),1)
+TLSLIBS = -lmbedtls -lmbedx509 -lmbedcrypto
+else
+DEFS   += -DMQX_TLS=0
+TLSLIBS = -lmbedcrypto
+endif
+
+# Debian packages the tests need (make test installs them when root).
+TEST_PKGS = gcc clang make libmbedtls-dev mosquitto mosquitto-clients \
+            python3 python3-paho-mqtt python3-pytest haproxy openssl \
+            shellcheck clang-format cppcheck
+
+all: mqttpx
+
+mqttpx: mqttpx.c mqttpx.h
+	$(CC) $(CFLAGS) $(WARN) $(WERROR) $(DEFS) -o $@ mqttpx.c $(LDFLAGS) $(TLSLIBS)
+
+# the broker with sanitizers, for black-box runs
+mqttpx-san: mqttpx.c mqttpx.h
+	$(CC) -O1 -g $(WARN) $(WERROR) $(SAN) $(DEFS) -o $@ mqttpx.c $(TLSLIBS)
+
+tests/unit: tests/unit.c mqttpx.c mqttpx.h
+	$(CC) -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(SAN) $(DEFS) \
+	    -o $@ tests/unit.c $(TLSLIBS)
+
+run: mqttpx
+	./mqttpx -c config.example
+
+deps:
+	@missing=$$(for p in $(TEST_PKGS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	    grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	        echo "installing: $$missing"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	            apt-get install -y -qq $$missing >/dev/null; \
+	    else \
+	        echo "missing packages; run as root:"; \
+	        echo "  apt-get install -y $$(echo $$missing)"; exit 1; \
+	    fi; \
+	fi
+
+unit: tests/unit
+	./tests/unit
+
+bb: mqttpx
+	$(PY) -m pytest -q tests/bb
+
+test: deps
+	$(MAKE) mqttpx
+	$(MAKE) TLS=0 mqttpx-tls0-check
+	$(MAKE) unit
+	$(MAKE) bb
+	@echo "make test: all suites passed"
+
+# a TLS=0 build must compile cleanly too (it links only mbedcrypto)
+mqttpx-tls0-check: mqttpx.c mqttpx.h
+	$(CC) $(CFLAGS) $(WARN) $(WERROR) -DMQX_TLS=0 -o mqttpx-tls0 mqttpx.c -lmbedcrypto
+
+install: mqttpx
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/etc/mqttpx
+	install -m 0755 mqttpx $(DESTDIR)$(PREFIX)/sbin/mqttpx
+	install -m 0644 config.example $(DESTDIR)$(PREFIX)/etc/mqttpx/mqttpx.conf.example
+
+fmt:
+	clang-format -i mqttpx.c mqttpx.h tests/*.c
+
+clean:
+	rm -f mqttpx mqttpx-san mqttpx-tls0 tests/unit
+
+.PHONY: all run deps unit bb test install fmt clean mqttpx-tls0-check

@@ -1,0 +1,3952 @@
+/* ==== [0] mqttpx: an MQTT broker for routers behind HAProxy ==== */
+/*
+ * One compilation unit: listeners, the PROXY header, MQTT 3.1/3.1.1 routing,
+ * sessions, retained messages and $SYS, all in one poll() loop with no
+ * threads. Every pool is sized from the config at start-up; after
+ * arena_seal() the broker's paths do not call malloc (tests/bb/test_memory.py
+ * proves it with an LD_PRELOAD counter).
+ *
+ * Supported: MQTT 3.1 (MQIsdp, level 3) and 3.1.1 (level 4): QoS 0/1/2 both
+ * ways, retained messages, wills, persistent sessions, keepalive, $SYS.
+ *
+ * Map (grep -n '^/\* ====' mqttpx.c):
+ *   [1] platform, ceilings, data model    [9]  sessions and queues
+ *   [2] helpers                           [10] auth
+ *   [3] logging                           [13] connections
+ *   [4] memory: arena, pools, store       [14] protocol handlers
+ *   [5] config                            [15] poll loop, listeners, signals
+ *   [7] MQTT codec (pure)                 [16] main
+ *   [8] topics, tree, retained
+ *
+ * Build: cc -std=c11 -O2 mqttpx.c -o mqttpx -lmbedtls -lmbedx509 -lmbedcrypto
+ *        (make TLS=0: -DMQX_TLS=0 ... -lmbedcrypto)
+ */
+
+/* ==== [1] Platform, ceilings, the data model ==== */
+/* Includes, compile-time ceilings and every stateful struct, ending with the
+ * one global `g`. Sections below own the fields named after them. */
+
+#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE
+
+#include "mqttpx.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MQX_TLS
+#define MQX_TLS 1 /* 0: build without TLS listeners (mbedcrypto only) */
+#endif
+
+#ifndef MQX_MAX_LISTENERS
+#define MQX_MAX_LISTENERS 16 /* listener lines in one config */
+#endif
+#if MQX_MAX_LISTENERS < 1 || MQX_MAX_LISTENERS > 64
+#error "MQX_MAX_LISTENERS must be 1..64"
+#endif
+
+#ifndef MQX_MAX_LSOCKS
+#define MQX_MAX_LSOCKS 32 /* listening sockets (a listener may bind two) */
+#endif
+#if MQX_MAX_LSOCKS < MQX_MAX_LISTENERS || MQX_MAX_LSOCKS > 128
+#error "MQX_MAX_LSOCKS must be MQX_MAX_LISTENERS..128"
+#endif
+
+#ifndef MQX_MAX_TOPIC_LEVELS
+#define MQX_MAX_TOPIC_LEVELS 255 /* bounds tree depth and match recursion */
+#endif
+#if MQX_MAX_TOPIC_LEVELS < 1 || MQX_MAX_TOPIC_LEVELS > 255
+#error "MQX_MAX_TOPIC_LEVELS must be 1..255"
+#endif
+
+#ifndef MQX_MAX_CONNECTIONS
+#define MQX_MAX_CONNECTIONS 1000000 /* ceiling of the connection pool */
+#endif
+
+#ifndef MQX_CFG_DEPTH
+#define MQX_CFG_DEPTH 4 /* include_dir nesting */
+#endif
+
+#define MQX_SCRATCH     65536 /* shared read buffer: one read per wake-up */
+#define MQX_TX_BATCH    16384 /* stop filling a client's output past this */
+#define MQX_STORE_MIN   64    /* smallest store block (bytes) */
+#define MQX_ADDR_LEN    64    /* "[v6addr]:port" or a unix path, printable */
+#define MQX_ID_MAX      65535 /* client id bytes (UTF-8 string limit) */
+#define MQX_PATH_MAX    256
+#define MQX_SCAN_MS     250 /* deadline scan period */
+#define MQX_LOG_LINE    1024
+#define MQX_LOG_EVERY_MS 10000 /* rate limit window for repeated lines */
+
+#define NIL UINT32_MAX
+
+/* Log types: Mosquitto's log_type names. */
+enum {
+    LOG_T_ERR = 1,
+    LOG_T_WARN = 2,
+    LOG_T_NOTICE = 4,
+    LOG_T_INFO = 8,
+    LOG_T_DEBUG = 16,
+    LOG_T_SUB = 32,
+    LOG_T_UNSUB = 64,
+    LOG_T_ALL = 127,
+};
+
+enum { LOG_D_STDERR = 1, LOG_D_STDOUT = 2, LOG_D_SYSLOG = 4, LOG_D_FILE = 8 };
+
+struct listener {
+    char bind[MQX_PATH_MAX]; /* address, or socket path when port is 0 */
+    uint16_t port;
+    uint8_t is_unix;
+    int64_t max_connections; /* -1: only the global pool limits it */
+    uint32_t n_conns;        /* open connections on this listener */
+    const char *file;        /* where it was declared, for errors */
+    int line;
+};
+
+/* Every option's value. Numbers are int64_t so one table parses them. */
+struct cfg {
+    struct listener lsn[MQX_MAX_LISTENERS];
+    uint32_t n_lsn;
+    int64_t max_connections;
+    int64_t allow_anonymous;
+    int64_t max_packet_size;
+    int64_t message_size_limit;
+    int64_t max_inflight_messages;
+    int64_t max_queued_messages;
+    int64_t max_queued_bytes;
+    int64_t queue_qos0_messages;
+    int64_t retain_available;
+    int64_t max_keepalive;
+    int64_t persistent_client_expiration; /* seconds, 0: never */
+    int64_t sys_interval;
+    int64_t connection_messages;
+    int64_t log_timestamp;
+    int64_t log_facility;
+    int64_t memory_limit;
+    int64_t connect_timeout;
+    int64_t max_sessions;
+    int64_t max_subscriptions;
+    int64_t max_topic_nodes;
+    int64_t max_topic_levels;
+    int64_t max_retained_messages;
+    int64_t max_retained_bytes;
+    int64_t message_store_bytes;
+    int64_t max_queued_total;
+    unsigned log_dest;
+    unsigned log_type;
+    int log_type_set; /* first log_type line replaces the default */
+    int log_dest_set;
+    char log_file[MQX_PATH_MAX];
+    char pid_file[MQX_PATH_MAX];
+    char user[64];
+    char err[512]; /* the error of a failed parse */
+};
+
+/* A pool of fixed slots: index free list plus a generation per slot, so a
+ * handle {idx, gen} kept across iterations goes stale when the slot is
+ * freed. */
+struct pool {
+    uint32_t *next; /* free-list link of each slot */
+    uint32_t *gen;  /* bumped when a slot is returned */
+    uint32_t head;  /* first free slot, NIL when full */
+    uint32_t cap, used, peak;
+    uint64_t full; /* takes refused */
+    const char *name;
+    size_t slot;   /* bytes of one slot, for the budget line */
+    void *base;    /* the slot array, for debug fills */
+};
+
+/* A buddy allocator over one region: every variable-sized byte (payloads,
+ * client ids, partial packets, output) lives here. */
+#define STORE_ORDERS 32
+struct store {
+    uint8_t *base;
+    size_t size;                 /* whole region, multiple of the top block */
+    uint8_t *tag;                /* per 64-byte unit: order, 0x80 = free */
+    uint32_t free[STORE_ORDERS]; /* free list heads (unit index) */
+    unsigned top;                /* order of the largest block */
+    size_t used, peak;
+    uint64_t fails;
+};
+
+/* A message: topic and payload, stored once, shared by every queue. */
+struct msg {
+    uint32_t data; /* store unit: topic bytes, then payload bytes */
+    uint32_t payload_len;
+    uint32_t refs; /* queue entries + retained slot + will owner */
+    uint16_t topic_len;
+    uint8_t qos;    /* as published */
+    uint8_t retain; /* as published */
+};
+
+/* One delivery: an entry in a session's queue or inflight list. */
+enum {
+    QE_QUEUED = 0,   /* waiting for the window */
+    QE_PUBACK = 1,   /* sent QoS 1, waiting for PUBACK */
+    QE_PUBREC = 2,   /* sent QoS 2, waiting for PUBREC */
+    QE_PUBCOMP = 3,  /* PUBREL sent, waiting for PUBCOMP */
+    QE_RECEIVED = 4, /* incoming QoS 2 id, waiting for PUBREL */
+};
+struct qent {
+    uint32_t next;
+    uint32_t msg; /* NIL once the payload is no longer needed */
+    uint16_t pid;
+    uint8_t qos;
+    uint8_t state;
+    uint8_t retain; /* deliver with the retain flag (retained on subscribe) */
+};
+
+struct sub {
+    uint32_t node; /* tree node of the filter */
+    uint32_t sess;
+    uint32_t node_next, node_prev; /* subscribers of one node */
+    uint32_t sess_next;            /* subscriptions of one session */
+    uint8_t qos;
+};
+
+/* A topic tree node: one level of a filter or a retained topic. */
+struct node {
+    uint32_t parent, child, sibling, prev_sibling;
+    uint32_t subs;     /* first struct sub */
+    uint32_t retained; /* msg, or NIL */
+    uint32_t name;     /* store unit of the level bytes, NIL when empty */
+    uint16_t name_len;
+    uint8_t depth;
+};
+
+struct sess {
+    uint32_t id; /* store unit of the client id */
+    uint16_t id_len;
+    uint8_t clean;
+    uint8_t proto;
+    uint32_t conn; /* connection, or NIL when offline */
+    uint32_t hash_next;
+    uint32_t subs;                     /* first struct sub of this session */
+    uint32_t q_head, q_tail, q_count; /* queued, not yet sent */
+    uint64_t q_bytes;
+    uint32_t f_head, f_tail, f_count; /* inflight out, in send order */
+    uint32_t r_head, r_count;         /* QoS 2 ids received, PUBREL due */
+    uint16_t next_pid;
+    uint32_t stamp; /* routing pass that last matched this session */
+    uint8_t match_qos;
+    int64_t expire_ms; /* offline persistent session: drop after this */
+    uint64_t dropped;  /* messages dropped for this session */
+};
+
+enum { CONN_FREE = 0, CONN_NEW, CONN_ONLINE, CONN_CLOSING };
+enum {
+    CF_DIRTY = 1,      /* in g.dirty: output to fill or flush */
+    CF_THROTTLED = 2,  /* not reading: the store is nearly full */
+    CF_WILL = 4,       /* publish the will when reaped */
+    CF_POLLOUT = 8,    /* a write was short: wait for POLLOUT */
+    CF_QUIET = 16,     /* no "closed its connection" line */
+    CF_FLUSHCLOSE = 32 /* write what is queued, then close */
+};
+
+struct conn {
+    int fd;
+    uint8_t state;
+    uint8_t flags;
+    uint8_t proto; /* 3 or 4 once CONNECTed */
+    uint8_t lsn;   /* listener index */
+    uint16_t keepalive;
+    uint32_t sess;      /* NIL until CONNECT */
+    uint32_t will;      /* msg, NIL without will */
+    uint32_t resend;    /* next inflight entry to resend after resume */
+    int64_t deadline_ms;
+    uint8_t *rx; /* partial packet (store block), NULL when none */
+    uint32_t rx_len, rx_cap;
+    uint8_t *tx; /* pending output (store block), NULL when none */
+    uint32_t tx_len, tx_off, tx_cap;
+    char addr[MQX_ADDR_LEN]; /* client address, as logs show it */
+};
+
+struct lsock {
+    int fd;
+    uint8_t lsn;
+};
+
+struct broker {
+    struct cfg cfg;
+    const char *cfg_path;
+    /* [3] logging */
+    int log_fd;      /* log_dest file, -1 */
+    int syslog_fd;   /* /dev/log datagram socket, -1 */
+    int64_t log_rl_ms;
+    uint32_t log_rl_n;
+    /* [4] memory */
+    uint8_t *arena;
+    size_t arena_size, arena_off;
+    int sealed;
+    struct store st;
+    struct pool p_conn, p_sess, p_sub, p_node, p_msg, p_qent;
+    struct conn *conns;
+    struct sess *sess;
+    struct sub *subs;
+    struct node *nodes;
+    struct msg *msgs;
+    struct qent *qents;
+    uint32_t *node_ht; /* (parent, name) -> node, open addressing */
+    uint32_t node_ht_mask;
+    uint32_t *sess_ht; /* client id -> session, chained */
+    uint32_t sess_ht_mask;
+    uint32_t *match;   /* sessions matched by one routing pass */
+    uint32_t n_match;
+    uint32_t stamp;
+    uint32_t *dirty; /* connections with output to fill or flush */
+    uint32_t n_dirty;
+    uint8_t *scratch;
+    /* [8] retained */
+    uint32_t n_retained;
+    uint64_t retained_bytes;
+    uint32_t n_subs;
+    /* [13] connections */
+    struct pollfd *pfd; /* listeners first, then one per connection slot */
+    uint32_t n_pfd;
+    struct lsock ls[MQX_MAX_LSOCKS];
+    uint32_t n_ls;
+    uint32_t conn_hwm; /* slots below this may be in use */
+    uint32_t n_online;
+    uint32_t peak_online;
+    uint64_t id_counter;
+    int throttled;     /* the store passed its high watermark */
+    int64_t next_scan_ms;
+    /* [15] loop */
+    volatile sig_atomic_t sig_quit, sig_hup;
+    int wake[2];
+    int64_t start_ms;
+    int64_t next_sys_ms;
+    int64_t now;
+    /* $SYS counters */
+    uint64_t msgs_rx, msgs_tx, bytes_rx, bytes_tx, pub_dropped;
+    uint64_t conns_refused, conns_total;
+};
+
+static struct broker g;
+
+/* ==== [2] Helpers: byte order, read cursor, clock ==== */
+/* Pure: wire fields through a bounds-checked cursor, read with shifts (big
+ * endian MIPS faults on unaligned loads). */
+
+struct rd {
+    const uint8_t *p, *end;
+    int bad; /* sticky: a read ran past end */
+};
+
+static size_t
+rd_left(const struct rd *r)
+{
+    return (size_t)(r->end - r->p);
+}
+
+static uint8_t
+rd_u8(struct rd *r)
+{
+    if (r->bad || r->p >= r->end) {
+        r->bad = 1;
+        return 0;
+    }
+    return *r->p++;
+}
+
+static uint16_t
+rd_u16(struct rd *r)
+{
+    uint16_t v;
+
+    if (r->bad || rd_left(r) < 2) {
+        r->bad = 1;
+        return 0;
+    }
+    v = (uint16_t)((unsigned)r->p[0] << 8 | r->p[1]);
+    r->p += 2;
+    return v;
+}
+
+/* A two-byte length then that many bytes [MQTT-1.5.3]. */
+static struct mqx_str
+rd_str(struct rd *r)
+{
+    struct mqx_str s = {NULL, 0};
+    uint16_t n = rd_u16(r);
+
+    if (r->bad || rd_left(r) < n) {
+        r->bad = 1;
+        return s;
+    }
+    s.p = r->p;
+    s.len = n;
+    r->p += n;
+    return s;
+}
+
+static void
+wr_u16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static int64_t
+now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int
+str_eq(struct mqx_str s, const char *lit)
+{
+    size_t n = strlen(lit);
+
+    return s.len == n && (n == 0 || memcmp(s.p, lit, n) == 0);
+}
+
+/* ==== [3] Logging ==== */
+/* One line per event in Mosquitto's words, formatted into a stack buffer and
+ * written with write(2): no stdio buffers, no allocation. Uses g.cfg. */
+
+static const char *
+log_level_name(unsigned type)
+{
+    switch (type) {
+    case LOG_T_ERR:
+        return "Error: ";
+    case LOG_T_WARN:
+        return "Warning: ";
+    default:
+        return "";
+    }
+}
+
+static int
+log_syslog_pri(unsigned type)
+{
+    switch (type) {
+    case LOG_T_ERR:
+        return 3;
+    case LOG_T_WARN:
+        return 4;
+    case LOG_T_NOTICE:
+        return 5;
+    case LOG_T_DEBUG:
+        return 7;
+    default:
+        return 6;
+    }
+}
+
+static void
+log_write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return;
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Sends one record to the syslog socket: "<PRI>Mmm dd hh:mm:ss mqttpx[pid]:".
+ * Our own sender, because glibc's syslog() allocates. */
+static void
+log_syslog(unsigned type, const char *msg, size_t n)
+{
+    char rec[MQX_LOG_LINE + 64];
+    char ts[32];
+    struct tm tm;
+    time_t t = time(NULL);
+    int k;
+
+    localtime_r(&t, &tm);
+    strftime(ts, sizeof ts, "%b %e %H:%M:%S", &tm);
+    k = snprintf(rec, sizeof rec, "<%d>%s mqttpx[%ld]: %.*s",
+                 (int)(g.cfg.log_facility * 8) + log_syslog_pri(type), ts,
+                 (long)getpid(), (int)n, msg);
+    if (k < 0) return;
+    if ((size_t)k >= sizeof rec) k = (int)sizeof rec - 1;
+    (void)send(g.syslog_fd, rec, (size_t)k, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+static void log_at(unsigned type, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+log_at(unsigned type, const char *fmt, ...)
+{
+    char line[MQX_LOG_LINE];
+    size_t off = 0, body;
+    va_list ap;
+    int k;
+    unsigned dest = g.cfg.log_dest ? g.cfg.log_dest : LOG_D_STDERR;
+
+    if (!(g.cfg.log_type & type) && type != LOG_T_ERR) return;
+    if (g.cfg.log_timestamp) {
+        k = snprintf(line, sizeof line, "%lld: ", (long long)time(NULL));
+        if (k > 0) off = (size_t)k;
+    }
+    body = off;
+    k = snprintf(line + off, sizeof line - off, "%s", log_level_name(type));
+    if (k > 0) off += (size_t)k;
+    va_start(ap, fmt);
+    k = vsnprintf(line + off, sizeof line - off - 1, fmt, ap);
+    va_end(ap);
+    if (k > 0) off += (size_t)k;
+    if (off > sizeof line - 2) off = sizeof line - 2;
+    line[off++] = '\n';
+    if (dest & LOG_D_STDERR) log_write_all(2, line, off);
+    if (dest & LOG_D_STDOUT) log_write_all(1, line, off);
+    if ((dest & LOG_D_FILE) && g.log_fd >= 0) log_write_all(g.log_fd, line, off);
+    if ((dest & LOG_D_SYSLOG) && g.syslog_fd >= 0)
+        log_syslog(type, line + body, off - body - 1);
+}
+
+/* log_at() plus strerror(errno), errno kept. */
+static void log_sys(unsigned type, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+log_sys(unsigned type, const char *fmt, ...)
+{
+    char msg[512];
+    int e = errno;
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log_at(type, "%s: %s", msg, strerror(e));
+    errno = e;
+}
+
+/* Rate limit for repeated events: returns how many were suppressed before
+ * this one (>= 0) when a line may be logged now, or -1 to stay quiet. */
+static int64_t
+log_limit(int64_t *last_ms, uint32_t *suppressed)
+{
+    int64_t n;
+
+    if (*last_ms != 0 && g.now - *last_ms < MQX_LOG_EVERY_MS) {
+        (*suppressed)++;
+        return -1;
+    }
+    n = *suppressed;
+    *suppressed = 0;
+    *last_ms = g.now ? g.now : 1;
+    return n;
+}
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)))
+__attribute__((noreturn));
+
+/* Start-up failure: message to stderr (and the log), exit 1. Only before
+ * the loop runs. */
+static void
+die(const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "Error: %s\n", msg);
+    if (g.cfg.log_dest & ~(unsigned)LOG_D_STDERR) log_at(LOG_T_ERR, "%s", msg);
+    exit(1);
+}
+
+/* ==== [4] Memory: arena, pools, store ==== */
+/* arena_init() sums every pool and the store from the config, allocates once
+ * and arena_seal() forbids more. Pools hand out fixed slots; the store is a
+ * buddy allocator for variable bytes. Debug builds fill taken slots with
+ * 0xAA and returned ones with 0x55. */
+
+#ifndef NDEBUG
+#define MQX_DEBUG_FILL 1
+#else
+#define MQX_DEBUG_FILL 0
+#endif
+
+static size_t
+align_up(size_t n, size_t a)
+{
+    return (n + a - 1) / a * a;
+}
+
+/* Carves n bytes (16-aligned) from the arena; NULL past its end. */
+static void *
+arena_take(size_t n)
+{
+    void *p;
+
+    n = align_up(n, 16);
+    if (g.arena_size - g.arena_off < n) return NULL;
+    p = g.arena + g.arena_off;
+    g.arena_off += n;
+    return p;
+}
+
+static void
+pool_init(struct pool *pl, const char *name, void *base, size_t slot,
+          uint32_t cap)
+{
+    uint32_t i;
+
+    pl->name = name;
+    pl->cap = cap;
+    pl->slot = slot;
+    pl->base = base;
+    pl->used = pl->peak = 0;
+    pl->full = 0;
+    pl->next = arena_take(sizeof(uint32_t) * (cap ? cap : 1));
+    pl->gen = arena_take(sizeof(uint32_t) * (cap ? cap : 1));
+    for (i = 0; i < cap; i++) {
+        pl->next[i] = i + 1 < cap ? i + 1 : NIL;
+        pl->gen[i] = 1;
+    }
+    pl->head = cap ? 0 : NIL;
+}
+
+/* Takes a slot; NIL when the pool is full (the caller applies the pool's
+ * written policy and the refusal is counted here). */
+static uint32_t
+pool_take(struct pool *pl)
+{
+    uint32_t i = pl->head;
+
+    if (i == NIL) {
+        pl->full++;
+        return NIL;
+    }
+    pl->head = pl->next[i];
+    pl->next[i] = NIL;
+    if (++pl->used > pl->peak) pl->peak = pl->used;
+    if (MQX_DEBUG_FILL)
+        memset((uint8_t *)pl->base + (size_t)i * pl->slot, 0xAA, pl->slot);
+    return i;
+}
+
+static void
+pool_give(struct pool *pl, uint32_t i)
+{
+    assert(i < pl->cap && pl->used > 0);
+    if (MQX_DEBUG_FILL)
+        memset((uint8_t *)pl->base + (size_t)i * pl->slot, 0x55, pl->slot);
+    pl->gen[i]++;
+    pl->next[i] = pl->head;
+    pl->head = i;
+    pl->used--;
+}
+
+/* --- the store: binary buddy blocks of 64 << order bytes --- */
+
+#define ST_FREE 0x80
+#define ST_UNIT(p) ((uint32_t)(((const uint8_t *)(p)-g.st.base) / MQX_STORE_MIN))
+
+static uint8_t *
+st_ptr(uint32_t unit)
+{
+    return g.st.base + (size_t)unit * MQX_STORE_MIN;
+}
+
+/* Free blocks keep their list links in their first 8 bytes. */
+static uint32_t
+st_link(uint32_t unit, int which)
+{
+    uint32_t v;
+
+    memcpy(&v, st_ptr(unit) + 4 * which, 4);
+    return v;
+}
+
+static void
+st_set_link(uint32_t unit, int which, uint32_t v)
+{
+    memcpy(st_ptr(unit) + 4 * which, &v, 4);
+}
+
+static void
+st_push(uint32_t unit, unsigned order)
+{
+    uint32_t head = g.st.free[order];
+
+    st_set_link(unit, 0, head);
+    st_set_link(unit, 1, NIL);
+    if (head != NIL) st_set_link(head, 1, unit);
+    g.st.free[order] = unit;
+    g.st.tag[unit] = (uint8_t)(ST_FREE | order);
+}
+
+static void
+st_unlink(uint32_t unit, unsigned order)
+{
+    uint32_t next = st_link(unit, 0), prev = st_link(unit, 1);
+
+    if (prev != NIL)
+        st_set_link(prev, 0, next);
+    else
+        g.st.free[order] = next;
+    if (next != NIL) st_set_link(next, 1, prev);
+    g.st.tag[unit] = (uint8_t)order;
+}
+
+static unsigned
+st_order(size_t n)
+{
+    unsigned k = 0;
+
+    while (((size_t)MQX_STORE_MIN << k) < n) k++;
+    return k;
+}
+
+static size_t
+st_block_size(const void *p)
+{
+    return (size_t)MQX_STORE_MIN << (g.st.tag[ST_UNIT(p)] & 0x7f);
+}
+
+/* Sets up the store over `size` bytes whose largest block holds `top`. */
+static void
+st_init(uint8_t *base, size_t size, size_t top)
+{
+    uint32_t u, units;
+    unsigned k;
+
+    g.st.base = base;
+    g.st.top = st_order(top);
+    g.st.size = size;
+    units = (uint32_t)(size / MQX_STORE_MIN);
+    g.st.tag = arena_take(units);
+    for (k = 0; k < STORE_ORDERS; k++) g.st.free[k] = NIL;
+    /* push in reverse so the lowest addresses are handed out first */
+    for (u = units; u > 0;) {
+        u -= 1u << g.st.top;
+        st_push(u, g.st.top);
+    }
+}
+
+/* Returns a block of at least n bytes, or NULL when the store cannot give
+ * one (counted; the caller applies its policy). */
+static void *
+st_alloc(size_t n)
+{
+    unsigned k = st_order(n ? n : 1), j;
+    uint32_t u;
+
+    if (k > g.st.top) {
+        g.st.fails++;
+        return NULL;
+    }
+    for (j = k; j <= g.st.top && g.st.free[j] == NIL; j++)
+        ;
+    if (j > g.st.top) {
+        g.st.fails++;
+        return NULL;
+    }
+    u = g.st.free[j];
+    st_unlink(u, j);
+    while (j > k) { /* split, keep the lower half */
+        j--;
+        st_push(u + (1u << j), j);
+    }
+    g.st.tag[u] = (uint8_t)k;
+    g.st.used += (size_t)MQX_STORE_MIN << k;
+    if (g.st.used > g.st.peak) g.st.peak = g.st.used;
+    if (MQX_DEBUG_FILL) memset(st_ptr(u), 0xAA, (size_t)MQX_STORE_MIN << k);
+    return st_ptr(u);
+}
+
+static void
+st_free(void *p)
+{
+    uint32_t u, b;
+    unsigned k;
+
+    if (p == NULL) return;
+    u = ST_UNIT(p);
+    k = g.st.tag[u];
+    assert(!(k & ST_FREE));
+    g.st.used -= (size_t)MQX_STORE_MIN << k;
+    if (MQX_DEBUG_FILL) memset(p, 0x55, (size_t)MQX_STORE_MIN << k);
+    while (k < g.st.top) {
+        b = u ^ (1u << k);
+        if (g.st.tag[b] != (ST_FREE | k)) break;
+        st_unlink(b, k);
+        g.st.tag[b] = 0;
+        if (b < u) {
+            g.st.tag[u] = 0;
+            u = b;
+        }
+        k++;
+    }
+    st_push(u, k);
+}
+
+/* Copies n bytes into a new block; NULL when the store is full. */
+static uint8_t *
+st_dup(const uint8_t *p, size_t n)
+{
+    uint8_t *b = st_alloc(n);
+
+    if (b && n) memcpy(b, p, n);
+    return b;
+}
+
+/* ==== [5] Config model and parser ==== */
+/* One table of keys drives parsing, defaults and the reference in the
+ * README; lines come from cfg_parse_text() (no I/O but include_dir).
+ * Errors read "FILE:LINE: key: what" in c->err. */
+
+enum {
+    CT_BOOL,     /* true | false */
+    CT_INT,      /* decimal integer in [min, max] */
+    CT_BYTES,    /* integer with optional k/M/G suffix (1024-based) */
+    CT_SECS,     /* duration: N[s|m|h|d|w|y] (Mosquitto: h d w m y) */
+    CT_STR,      /* a string up to the field's size */
+    CT_SPECIAL,  /* parsed by cfg_special() */
+};
+
+struct cfg_key {
+    const char *name;
+    uint8_t type;
+    size_t off; /* into struct cfg */
+    size_t len; /* CT_STR: field size */
+    int64_t min, max, def;
+    const char *help;
+};
+
+#define CK_INT(n, t, mn, mx, d, h)                                             \
+    {#n, t, offsetof(struct cfg, n), 0, mn, mx, d, h}
+#define CK_STR(n, h) {#n, CT_STR, offsetof(struct cfg, n), sizeof(((struct cfg *)0)->n), 0, 0, 0, h}
+#define CK_SPECIAL(n, h) {n, CT_SPECIAL, 0, 0, 0, 0, 0, h}
+
+static const struct cfg_key cfg_keys[] = {
+    CK_SPECIAL("listener", "listener PORT [BIND_ADDRESS|SOCKET_PATH]: a "
+                           "listening socket; port 0 with a path: unix socket"),
+    CK_SPECIAL("max_connections",
+               "after a listener: limit for that listener (-1 none); before "
+               "any listener: size of the connection pool (-1: 1024)"),
+    CK_INT(allow_anonymous, CT_BOOL, 0, 1, -1,
+           "clients without a username may connect (default false, true "
+           "when no listener is configured)"),
+    CK_INT(max_packet_size, CT_BYTES, 0, 268435455, 0,
+           "largest packet accepted, bytes; 0: a quarter of "
+           "message_store_bytes"),
+    CK_INT(message_size_limit, CT_BYTES, 0, 268435455, 0,
+           "largest PUBLISH payload; larger ones are acknowledged and "
+           "dropped; 0: no limit beyond max_packet_size"),
+    CK_INT(max_inflight_messages, CT_INT, 0, 65535, 20,
+           "unacknowledged QoS 1/2 messages per client; 0: no limit"),
+    CK_INT(max_queued_messages, CT_INT, 0, 100000000, 1000,
+           "messages queued per client beyond the inflight window; 0: no "
+           "limit"),
+    CK_INT(max_queued_bytes, CT_BYTES, 0, INT64_C(1) << 40, 0,
+           "bytes queued per client; 0: no limit"),
+    CK_INT(queue_qos0_messages, CT_BOOL, 0, 1, 0,
+           "queue QoS 0 messages for offline persistent sessions"),
+    CK_INT(retain_available, CT_BOOL, 0, 1, 1,
+           "false: a retained PUBLISH closes the connection"),
+    CK_INT(max_keepalive, CT_INT, 10, 65535, 65535,
+           "largest keepalive a client may ask for, seconds"),
+    CK_INT(persistent_client_expiration, CT_SECS, 0, INT64_C(1) << 40, 0,
+           "drop persistent sessions offline this long (1h, 2d, 3w, 1m, "
+           "1y); default never"),
+    CK_INT(sys_interval, CT_INT, 0, 65535, 10,
+           "seconds between $SYS updates; 0: off"),
+    CK_SPECIAL("log_dest", "stderr | stdout | syslog | file PATH | none; "
+                           "several lines add up; default stderr"),
+    CK_SPECIAL("log_type", "error | warning | notice | information | "
+                           "subscribe | unsubscribe | debug | all | none; "
+                           "default error, warning, notice, information"),
+    CK_INT(log_facility, CT_INT, 0, 23, 3,
+           "syslog facility number (3: daemon, 16-23: local0-7)"),
+    CK_INT(connection_messages, CT_BOOL, 0, 1, 1,
+           "log connects and disconnects"),
+    CK_INT(log_timestamp, CT_BOOL, 0, 1, 1,
+           "prefix log lines with the Unix time"),
+    CK_STR(pid_file, "write the process id here"),
+    CK_STR(user, "when started as root, run as this user (default mqttpx; "
+                 "root: stay root)"),
+    CK_SPECIAL("include_dir", "read DIR/*.conf in sorted order"),
+    CK_INT(memory_limit, CT_BYTES, 0, INT64_C(1) << 40, 0,
+           "refuse to start when the memory budget is larger; 0: no limit"),
+    CK_INT(connect_timeout, CT_INT, 1, 3600, 10,
+           "seconds a new connection has to send CONNECT"),
+    CK_INT(max_sessions, CT_INT, 1, 10000000, 2048,
+           "client sessions kept, online and offline; when full: CONNACK "
+           "server unavailable"),
+    CK_INT(max_subscriptions, CT_INT, 1, 100000000, 16384,
+           "subscriptions of all clients; when full: SUBACK failure"),
+    CK_INT(max_topic_nodes, CT_INT, 16, 100000000, 32768,
+           "topic tree levels of all filters and retained topics"),
+    CK_INT(max_topic_levels, CT_INT, 1, MQX_MAX_TOPIC_LEVELS, 32,
+           "levels in a subscription filter or retained topic"),
+    CK_INT(max_retained_messages, CT_INT, 0, 10000000, 4096,
+           "retained messages kept; past it new retained topics are not "
+           "stored (counted)"),
+    CK_INT(max_retained_bytes, CT_BYTES, 0, INT64_C(1) << 40, 2097152,
+           "retained payload bytes kept"),
+    CK_INT(message_store_bytes, CT_BYTES, 65536, INT64_C(1) << 40, 8388608,
+           "bytes for messages, client ids, partial packets and output"),
+    CK_INT(max_queued_total, CT_INT, 16, 100000000, 65536,
+           "queued and inflight deliveries of all clients; when full: "
+           "QoS 0 dropped, a QoS 1/2 subscriber disconnected"),
+};
+
+#define CFG_N_KEYS (sizeof cfg_keys / sizeof cfg_keys[0])
+
+static void cfg_err(struct cfg *c, const char *file, int line,
+                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static void
+cfg_err(struct cfg *c, const char *file, int line, const char *fmt, ...)
+{
+    int k;
+    va_list ap;
+
+    k = snprintf(c->err, sizeof c->err, "%s:%d: ", file, line);
+    if (k < 0 || (size_t)k >= sizeof c->err) return;
+    va_start(ap, fmt);
+    vsnprintf(c->err + k, sizeof c->err - (size_t)k, fmt, ap);
+    va_end(ap);
+}
+
+static void
+cfg_defaults(struct cfg *c)
+{
+    size_t i;
+
+    memset(c, 0, sizeof *c);
+    for (i = 0; i < CFG_N_KEYS; i++)
+        if (cfg_keys[i].type != CT_SPECIAL && cfg_keys[i].type != CT_STR)
+            memcpy((char *)c + cfg_keys[i].off, &cfg_keys[i].def,
+                   sizeof(int64_t));
+    c->max_connections = -1;
+    c->log_dest = LOG_D_STDERR;
+    c->log_type = LOG_T_ERR | LOG_T_WARN | LOG_T_NOTICE | LOG_T_INFO;
+    strcpy(c->user, "mqttpx");
+}
+
+/* Parses a decimal integer with an optional suffix; 0 on success. */
+static int
+cfg_number(const char *s, int type, int64_t *out)
+{
+    char *end;
+    long long v;
+    int64_t mul = 1;
+
+    if (*s == '\0') return -1;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno || end == s) return -1;
+    if (type == CT_BYTES && *end) {
+        if ((*end == 'k' || *end == 'K') && end[1] == '\0')
+            mul = 1024;
+        else if (*end == 'M' && end[1] == '\0')
+            mul = 1024 * 1024;
+        else if (*end == 'G' && end[1] == '\0')
+            mul = 1024 * 1024 * 1024;
+        else
+            return -1;
+    } else if (type == CT_SECS && *end) {
+        switch (*end) {
+        case 's':
+            mul = 1;
+            break;
+        case 'h':
+            mul = 3600;
+            break;
+        case 'd':
+            mul = 86400;
+            break;
+        case 'w':
+            mul = 7 * 86400;
+            break;
+        case 'm':
+            mul = 30 * 86400;
+            break;
+        case 'y':
+            mul = 365 * 86400;
+            break;
+        default:
+            return -1;
+        }
+        if (end[1] != '\0') return -1;
+    } else if (*end) {
+        return -1;
+    }
+    if (v < 0 && mul != 1) return -1;
+    if (v > INT64_MAX / mul) return -1;
+    *out = (int64_t)v * mul;
+    return 0;
+}
+
+static int cfg_parse_file(struct cfg *c, const char *path, int depth);
+
+static int
+cfg_log_type(struct cfg *c, const char *file, int line, const char *v)
+{
+    static const struct {
+        const char *name;
+        unsigned bits;
+    } types[] = {
+        {"error", LOG_T_ERR},        {"warning", LOG_T_WARN},
+        {"notice", LOG_T_NOTICE},    {"information", LOG_T_INFO},
+        {"debug", LOG_T_DEBUG},      {"subscribe", LOG_T_SUB},
+        {"unsubscribe", LOG_T_UNSUB}, {"all", LOG_T_ALL},
+        {"none", 0},                 {"websockets", 0},
+    };
+    size_t i;
+
+    if (!c->log_type_set) c->log_type = 0;
+    c->log_type_set = 1;
+    for (i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (strcmp(v, types[i].name) == 0) {
+            c->log_type |= types[i].bits;
+            return 0;
+        }
+    cfg_err(c, file, line, "log_type: unknown type '%s'", v);
+    return -1;
+}
+
+static int
+cfg_log_dest(struct cfg *c, const char *file, int line, const char *v,
+             const char *arg)
+{
+    if (!c->log_dest_set) c->log_dest = 0;
+    c->log_dest_set = 1;
+    if (strcmp(v, "stderr") == 0)
+        c->log_dest |= LOG_D_STDERR;
+    else if (strcmp(v, "stdout") == 0)
+        c->log_dest |= LOG_D_STDOUT;
+    else if (strcmp(v, "syslog") == 0)
+        c->log_dest |= LOG_D_SYSLOG;
+    else if (strcmp(v, "none") == 0)
+        c->log_dest = 0;
+    else if (strcmp(v, "file") == 0) {
+        if (!arg || !*arg) {
+            cfg_err(c, file, line, "log_dest: file needs a path");
+            return -1;
+        }
+        if (strlen(arg) >= sizeof c->log_file) {
+            cfg_err(c, file, line, "log_dest: path too long");
+            return -1;
+        }
+        strcpy(c->log_file, arg);
+        c->log_dest |= LOG_D_FILE;
+    } else {
+        cfg_err(c, file, line, "log_dest: unknown destination '%s'", v);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+cfg_listener(struct cfg *c, const char *file, int line, const char *port,
+             const char *bind)
+{
+    struct listener *l;
+    int64_t p;
+
+    if (c->n_lsn >= MQX_MAX_LISTENERS) {
+        cfg_err(c, file, line, "listener: more than %d listeners",
+                MQX_MAX_LISTENERS);
+        return -1;
+    }
+    if (!port || cfg_number(port, CT_INT, &p) || p < 0 || p > 65535) {
+        cfg_err(c, file, line, "listener: invalid port '%s'",
+                port ? port : "");
+        return -1;
+    }
+    if (p == 0 && (!bind || bind[0] != '/')) {
+        cfg_err(c, file, line,
+                "listener: port 0 needs a unix socket path (absolute)");
+        return -1;
+    }
+    l = &c->lsn[c->n_lsn];
+    memset(l, 0, sizeof *l);
+    if (bind) {
+        size_t cap = p == 0 ? sizeof(((struct sockaddr_un *)0)->sun_path)
+                            : sizeof l->bind;
+        if (strlen(bind) >= cap) {
+            cfg_err(c, file, line, "listener: '%s' is too long", bind);
+            return -1;
+        }
+        strcpy(l->bind, bind);
+    }
+    l->port = (uint16_t)p;
+    l->is_unix = p == 0;
+    l->max_connections = -1;
+    l->file = file;
+    l->line = line;
+    c->n_lsn++;
+    return 0;
+}
+
+static int
+cfg_include_dir(struct cfg *c, const char *file, int line, const char *dir,
+                int depth)
+{
+    DIR *d;
+    struct dirent *e;
+    char **names = NULL;
+    size_t n = 0, cap = 0, i;
+    int rc = 0;
+
+    if (depth >= MQX_CFG_DEPTH) {
+        cfg_err(c, file, line, "include_dir: nested too deep");
+        return -1;
+    }
+    d = opendir(dir);
+    if (!d) {
+        cfg_err(c, file, line, "include_dir: %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (len < 6 || strcmp(e->d_name + len - 5, ".conf") != 0) continue;
+        if (n == cap) {
+            char **nn;
+            cap = cap ? cap * 2 : 16;
+            nn = realloc(names, cap * sizeof *names);
+            if (!nn) break;
+            names = nn;
+        }
+        names[n] = malloc(strlen(dir) + len + 2);
+        if (!names[n]) break;
+        sprintf(names[n], "%s/%s", dir, e->d_name);
+        n++;
+    }
+    closedir(d);
+    /* sorted, as Mosquitto reads them */
+    for (i = 1; i < n; i++) {
+        char *t = names[i];
+        size_t j = i;
+        while (j > 0 && strcmp(names[j - 1], t) > 0) {
+            names[j] = names[j - 1];
+            j--;
+        }
+        names[j] = t;
+    }
+    for (i = 0; i < n && rc == 0; i++)
+        rc = cfg_parse_file(c, names[i], depth + 1);
+    for (i = 0; i < n; i++) free(names[i]);
+    free(names);
+    return rc;
+}
+
+/* Keys whose names are interned for error messages and listener records:
+ * file names live as long as the config. */
+static const char *
+cfg_intern(const char *s)
+{
+    static char *kept[64];
+    static size_t n_kept;
+    size_t i;
+
+    for (i = 0; i < n_kept; i++)
+        if (strcmp(kept[i], s) == 0) return kept[i];
+    if (n_kept < sizeof kept / sizeof kept[0]) {
+        kept[n_kept] = strdup(s);
+        if (kept[n_kept]) return kept[n_kept++];
+    }
+    return "(config)";
+}
+
+static int
+cfg_special(struct cfg *c, const char *file, int line, const char *key,
+            char **arg, int n_arg, int depth)
+{
+    int i;
+
+    if (strcmp(key, "listener") == 0) {
+        if (n_arg < 1 || n_arg > 2) {
+            cfg_err(c, file, line, "listener: expected PORT [ADDRESS]");
+            return -1;
+        }
+        return cfg_listener(c, file, line, arg[0], n_arg > 1 ? arg[1] : NULL);
+    }
+    if (strcmp(key, "max_connections") == 0) {
+        int64_t v;
+        if (n_arg != 1 || cfg_number(arg[0], CT_INT, &v) || v < -1 ||
+            v > MQX_MAX_CONNECTIONS) {
+            cfg_err(c, file, line, "max_connections: expected -1..%d",
+                    MQX_MAX_CONNECTIONS);
+            return -1;
+        }
+        if (c->n_lsn)
+            c->lsn[c->n_lsn - 1].max_connections = v;
+        else
+            c->max_connections = v;
+        return 0;
+    }
+    if (strcmp(key, "log_type") == 0) {
+        for (i = 0; i < n_arg; i++)
+            if (cfg_log_type(c, file, line, arg[i])) return -1;
+        if (n_arg == 0) {
+            cfg_err(c, file, line, "log_type: missing value");
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(key, "log_dest") == 0) {
+        if (n_arg < 1) {
+            cfg_err(c, file, line, "log_dest: missing value");
+            return -1;
+        }
+        return cfg_log_dest(c, file, line, arg[0], n_arg > 1 ? arg[1] : NULL);
+    }
+    if (strcmp(key, "include_dir") == 0) {
+        if (n_arg != 1) {
+            cfg_err(c, file, line, "include_dir: expected one directory");
+            return -1;
+        }
+        return cfg_include_dir(c, file, line, arg[0], depth);
+    }
+    cfg_err(c, file, line, "%s: not handled", key);
+    return -1;
+}
+
+/* One line: "key value..." split on blanks; a value may keep its spaces
+ * for CT_STR (paths). Returns 0 or -1 with c->err set. */
+static int
+cfg_line(struct cfg *c, const char *file, int line, char *s, int depth)
+{
+    char *arg[8];
+    char *key, *rest;
+    int n_arg = 0;
+    size_t i;
+
+    while (*s == ' ' || *s == '\t') s++;
+    if (*s == '#' || *s == '\0') return 0;
+    key = s;
+    while (*s && *s != ' ' && *s != '\t') s++;
+    if (*s) *s++ = '\0';
+    while (*s == ' ' || *s == '\t') s++;
+    rest = s;
+    /* trailing blanks of the value */
+    for (i = strlen(rest); i > 0 && (rest[i - 1] == ' ' || rest[i - 1] == '\t');
+         i--)
+        rest[i - 1] = '\0';
+    for (i = 0; i < CFG_N_KEYS; i++)
+        if (strcmp(cfg_keys[i].name, key) == 0) break;
+    if (i == CFG_N_KEYS) {
+        cfg_err(c, file, line, "unknown option '%s'", key);
+        return -1;
+    }
+    if (cfg_keys[i].type == CT_STR) {
+        if (*rest == '\0') {
+            cfg_err(c, file, line, "%s: missing value", key);
+            return -1;
+        }
+        if (strlen(rest) >= cfg_keys[i].len) {
+            cfg_err(c, file, line, "%s: value too long", key);
+            return -1;
+        }
+        strcpy((char *)c + cfg_keys[i].off, rest);
+        return 0;
+    }
+    while (*rest && n_arg < (int)(sizeof arg / sizeof arg[0])) {
+        arg[n_arg++] = rest;
+        while (*rest && *rest != ' ' && *rest != '\t') rest++;
+        if (*rest) *rest++ = '\0';
+        while (*rest == ' ' || *rest == '\t') rest++;
+    }
+    if (*rest) {
+        cfg_err(c, file, line, "%s: too many values", key);
+        return -1;
+    }
+    if (cfg_keys[i].type == CT_SPECIAL)
+        return cfg_special(c, file, line, key, arg, n_arg, depth);
+    if (n_arg != 1) {
+        cfg_err(c, file, line, "%s: expected one value", key);
+        return -1;
+    }
+    {
+        const struct cfg_key *k = &cfg_keys[i];
+        int64_t v;
+        if (k->type == CT_BOOL) {
+            if (strcmp(arg[0], "true") == 0)
+                v = 1;
+            else if (strcmp(arg[0], "false") == 0)
+                v = 0;
+            else {
+                cfg_err(c, file, line, "%s: expected true or false, not '%s'",
+                        key, arg[0]);
+                return -1;
+            }
+        } else if (cfg_number(arg[0], k->type, &v)) {
+            cfg_err(c, file, line, "%s: invalid number '%s'", key, arg[0]);
+            return -1;
+        }
+        if (v < k->min) {
+            cfg_err(c, file, line, "%s: %lld < %lld", key, (long long)v,
+                    (long long)k->min);
+            return -1;
+        }
+        if (v > k->max) {
+            cfg_err(c, file, line, "%s: %lld > %lld", key, (long long)v,
+                    (long long)k->max);
+            return -1;
+        }
+        memcpy((char *)c + k->off, &v, sizeof v);
+    }
+    return 0;
+}
+
+/* Parses a whole config text in place (lines are cut). */
+static int
+cfg_parse_text(struct cfg *c, const char *file, char *text, int depth)
+{
+    int line = 0;
+    char *s = text, *nl;
+
+    file = cfg_intern(file);
+    while (s && *s) {
+        line++;
+        nl = strchr(s, '\n');
+        if (nl) *nl = '\0';
+        if (nl && nl > s && nl[-1] == '\r') nl[-1] = '\0';
+        if (cfg_line(c, file, line, s, depth)) return -1;
+        s = nl ? nl + 1 : NULL;
+    }
+    return 0;
+}
+
+static int
+cfg_parse_file(struct cfg *c, const char *path, int depth)
+{
+    FILE *f = fopen(path, "rb");
+    char *text;
+    long n;
+    int rc;
+
+    if (!f) {
+        snprintf(c->err, sizeof c->err, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) {
+        snprintf(c->err, sizeof c->err, "%s: cannot read", path);
+        fclose(f);
+        return -1;
+    }
+    text = malloc((size_t)n + 1);
+    if (!text || fread(text, 1, (size_t)n, f) != (size_t)n) {
+        snprintf(c->err, sizeof c->err, "%s: cannot read", path);
+        free(text);
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    text[n] = '\0';
+    rc = cfg_parse_text(c, path, text, depth);
+    free(text);
+    return rc;
+}
+
+/* Fills in what depends on several options; -1 with c->err when the
+ * combination cannot work. */
+static int
+cfg_finish(struct cfg *c)
+{
+    if (c->max_connections < 0) c->max_connections = 1024;
+    if (c->max_connections == 0) {
+        snprintf(c->err, sizeof c->err,
+                 "max_connections: 0 leaves no room for any client");
+        return -1;
+    }
+    if (c->max_packet_size == 0) c->max_packet_size = c->message_store_bytes / 4;
+    if (c->max_packet_size > c->message_store_bytes / 2) {
+        snprintf(c->err, sizeof c->err,
+                 "max_packet_size: %lld is more than half of "
+                 "message_store_bytes (%lld)",
+                 (long long)c->max_packet_size,
+                 (long long)c->message_store_bytes);
+        return -1;
+    }
+    if (c->max_packet_size < 128) c->max_packet_size = 128;
+    return 0;
+}
+
+/* ==== [7] MQTT codec: decode and encode, no I/O ==== */
+/* Pure functions over (buf, len) for MQTT 3.1 and 3.1.1. Decoders return
+ * enum mqx_rc and slices into buf; encoders fill the caller's buffer and
+ * return the length. */
+
+/* Fixed header: type byte, then Remaining Length as a 1..4 byte varint
+ * [MQTT-2.2.3]. Reads nothing at or past buf[len]. */
+enum mqx_rc
+mqx_mqtt_header(const uint8_t *buf, size_t len, size_t *used, uint32_t *rl)
+{
+    uint32_t v = 0;
+    size_t i;
+
+    for (i = 1; i < len && i <= 4; i++) {
+        v |= (uint32_t)(buf[i] & 0x7f) << (7 * (i - 1));
+        if ((buf[i] & 0x80) == 0) {
+            *used = i + 1;
+            *rl = v;
+            return MQX_DONE;
+        }
+    }
+    return i > 4 ? MQX_BAD : MQX_MORE;
+}
+
+/* One whole packet: MQX_BIG at once when the header announces more than
+ * max bytes in all, before the body arrives. */
+enum mqx_rc
+mqx_mqtt_frame(const uint8_t *buf, size_t len, uint32_t max,
+               struct mqx_packet *pk, size_t *used)
+{
+    size_t hl;
+    uint32_t rl;
+    enum mqx_rc rc;
+
+    if (len == 0) return MQX_MORE;
+    if ((buf[0] >> 4) == 0 || (buf[0] >> 4) == 15) return MQX_BAD;
+    rc = mqx_mqtt_header(buf, len, &hl, &rl);
+    if (rc != MQX_DONE) return rc;
+    if ((uint64_t)hl + rl > max) return MQX_BIG;
+    if (len - hl < rl) return MQX_MORE;
+    pk->type = (uint8_t)(buf[0] >> 4);
+    pk->flags = (uint8_t)(buf[0] & 0x0f);
+    pk->body = buf + hl;
+    pk->len = rl;
+    *used = hl + rl;
+    return MQX_DONE;
+}
+
+/* UTF-8 as MQTT requires [MQTT-1.5.3-1..3]: well formed, no surrogates,
+ * no U+0000. Returns 1 when valid. */
+int
+mqx_utf8_valid(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        uint8_t b = p[i];
+        uint32_t cp;
+        size_t k, j;
+        if (b == 0) return 0;
+        if (b < 0x80) {
+            i++;
+            continue;
+        }
+        if (b >= 0xc2 && b <= 0xdf) {
+            k = 1;
+            cp = b & 0x1fu;
+        } else if (b >= 0xe0 && b <= 0xef) {
+            k = 2;
+            cp = b & 0x0fu;
+        } else if (b >= 0xf0 && b <= 0xf4) {
+            k = 3;
+            cp = b & 0x07u;
+        } else {
+            return 0;
+        }
+        if (n - i - 1 < k) return 0;
+        for (j = 1; j <= k; j++) {
+            if ((p[i + j] & 0xc0) != 0x80) return 0;
+            cp = cp << 6 | (p[i + j] & 0x3fu);
+        }
+        if ((k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
+            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+/* A topic name: not empty, no wildcards [MQTT-4.7.1-1], valid UTF-8. */
+int
+mqx_topic_valid(const uint8_t *p, size_t n)
+{
+    size_t i;
+
+    if (n == 0) return 0;
+    for (i = 0; i < n; i++)
+        if (p[i] == '+' || p[i] == '#') return 0;
+    return mqx_utf8_valid(p, n);
+}
+
+/* A filter: not empty; '#' alone in the last level [MQTT-4.7.1-2]; '+'
+ * alone in its level [MQTT-4.7.1-3]; valid UTF-8. */
+int
+mqx_filter_valid(const uint8_t *p, size_t n)
+{
+    size_t i;
+
+    if (n == 0) return 0;
+    for (i = 0; i < n; i++) {
+        int first = i == 0 || p[i - 1] == '/';
+        int last = i + 1 == n || p[i + 1] == '/';
+        if (p[i] == '+' && !(first && last)) return 0;
+        if (p[i] == '#' && !(first && i + 1 == n)) return 0;
+    }
+    return mqx_utf8_valid(p, n);
+}
+
+unsigned
+mqx_topic_levels(const uint8_t *p, size_t n)
+{
+    unsigned k = 1;
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (p[i] == '/') k++;
+    return k;
+}
+
+/* Does filter f match topic t? Topics starting with '$' are not matched by
+ * a first level '+' or '#' [MQTT-4.7.2-1]. */
+int
+mqx_topic_match(const uint8_t *f, size_t fn, const uint8_t *t, size_t tn)
+{
+    size_t fi = 0, ti = 0;
+
+    if (tn > 0 && t[0] == '$' && fn > 0 && (f[0] == '+' || f[0] == '#'))
+        return 0;
+    for (;;) {
+        size_t fe = fi, te = ti;
+        while (fe < fn && f[fe] != '/') fe++;
+        while (te < tn && t[te] != '/') te++;
+        if (fe - fi == 1 && f[fi] == '#') return 1; /* also the parent */
+        if (!(fe - fi == 1 && f[fi] == '+') &&
+            !(fe - fi == te - ti && memcmp(f + fi, t + ti, fe - fi) == 0))
+            return 0;
+        if (fe >= fn) return te >= tn;
+        fi = fe + 1;
+        if (te >= tn) /* topic ended: only a last "/#" still matches */
+            return fn - fi == 1 && f[fi] == '#';
+        ti = te + 1;
+    }
+}
+
+/* CONNECT [MQTT-3.1]. MQX_BAD with c->connack set means: send that CONNACK
+ * code, then close; with 0: close at once. */
+enum mqx_rc
+mqx_mqtt_connect(const uint8_t *b, size_t n, struct mqx_connect *c)
+{
+    struct rd r = {b, b + n, 0};
+    struct mqx_str name;
+    uint8_t flags;
+
+    memset(c, 0, sizeof *c);
+    name = rd_str(&r);
+    c->level = rd_u8(&r);
+    flags = rd_u8(&r);
+    c->keepalive = rd_u16(&r);
+    if (r.bad) return MQX_BAD;
+    if (str_eq(name, "MQTT")) {
+        if (c->level != 4) {
+            c->connack = MQX_CONNACK_PROTOCOL; /* [MQTT-3.1.2-2] */
+            return MQX_BAD;
+        }
+    } else if (str_eq(name, "MQIsdp")) {
+        if (c->level != 3) {
+            c->connack = MQX_CONNACK_PROTOCOL;
+            return MQX_BAD;
+        }
+    } else {
+        return MQX_BAD; /* [MQTT-3.1.2-1] not MQTT at all */
+    }
+    if (c->level == 4 && (flags & 0x01)) return MQX_BAD; /* [MQTT-3.1.2-3] */
+    c->clean = (flags >> 1) & 1;
+    c->will = (flags >> 2) & 1;
+    c->will_qos = (flags >> 3) & 3;
+    c->will_retain = (flags >> 5) & 1;
+    c->has_pass = (flags >> 6) & 1;
+    c->has_user = (flags >> 7) & 1;
+    if (c->will_qos == 3) return MQX_BAD; /* [MQTT-3.1.2-14] */
+    if (!c->will && (c->will_qos || c->will_retain))
+        return MQX_BAD; /* [MQTT-3.1.2-13], [MQTT-3.1.2-15] */
+    if (c->level == 4 && c->has_pass && !c->has_user)
+        return MQX_BAD; /* [MQTT-3.1.2-22] */
+    c->client_id = rd_str(&r);
+    if (c->will) {
+        c->will_topic = rd_str(&r);
+        c->will_payload = rd_str(&r);
+    }
+    if (c->has_user) c->username = rd_str(&r);
+    if (c->has_pass) c->password = rd_str(&r);
+    if (r.bad || rd_left(&r) != 0) return MQX_BAD;
+    if (!mqx_utf8_valid(c->client_id.p, c->client_id.len))
+        return MQX_BAD; /* [MQTT-3.1.3-4] */
+    if (c->will && !mqx_topic_valid(c->will_topic.p, c->will_topic.len))
+        return MQX_BAD;
+    if (c->has_user && !mqx_utf8_valid(c->username.p, c->username.len))
+        return MQX_BAD; /* [MQTT-3.1.3-11] */
+    if (c->client_id.len == 0 && (c->level == 3 || !c->clean)) {
+        c->connack = MQX_CONNACK_ID; /* [MQTT-3.1.3-8] */
+        return MQX_BAD;
+    }
+    if (c->level == 3 && !c->has_user) c->has_pass = 0;
+    return MQX_DONE;
+}
+
+/* PUBLISH [MQTT-3.3]: flags are the low nibble of the first byte. */
+enum mqx_rc
+mqx_mqtt_publish(uint8_t flags, const uint8_t *b, size_t n, uint8_t level,
+                 struct mqx_publish *p)
+{
+    struct rd r = {b, b + n, 0};
+
+    (void)level;
+    memset(p, 0, sizeof *p);
+    p->retain = flags & 1;
+    p->qos = (flags >> 1) & 3;
+    p->dup = (flags >> 3) & 1;
+    if (p->qos == 3) return MQX_BAD;              /* [MQTT-3.3.1-4] */
+    if (p->qos == 0 && p->dup) return MQX_BAD;    /* [MQTT-3.3.1-2] */
+    p->topic = rd_str(&r);
+    if (p->qos) p->pid = rd_u16(&r);
+    if (r.bad) return MQX_BAD;
+    if (p->qos && p->pid == 0) return MQX_BAD;    /* [MQTT-2.3.1-1] */
+    if (!mqx_topic_valid(p->topic.p, p->topic.len))
+        return MQX_BAD; /* [MQTT-3.3.2-1], [MQTT-3.3.2-2] */
+    p->payload.p = r.p;
+    p->payload.len = (uint32_t)rd_left(&r);
+    return MQX_DONE;
+}
+
+/* SUBSCRIBE [MQTT-3.8] or UNSUBSCRIBE [MQTT-3.10]: checks every entry so
+ * the handler may act on them one by one. */
+enum mqx_rc
+mqx_mqtt_subscribe(const struct mqx_packet *pk, uint8_t level,
+                   struct mqx_subscribe *s)
+{
+    struct rd r = {pk->body, pk->body + pk->len, 0};
+
+    memset(s, 0, sizeof *s);
+    if (pk->flags != 2) return MQX_BAD; /* [MQTT-3.8.1-1], [MQTT-3.10.1-1] */
+    s->with_opts = pk->type == MQX_SUBSCRIBE;
+    s->pid = rd_u16(&r);
+    if (r.bad || s->pid == 0) return MQX_BAD;
+    s->list = r.p;
+    s->list_len = (uint32_t)rd_left(&r);
+    while (rd_left(&r) > 0) {
+        struct mqx_str f = rd_str(&r);
+        if (s->with_opts) {
+            uint8_t o = rd_u8(&r);
+            if ((o & 3) == 3) return MQX_BAD;         /* [MQTT-3.8.3-4] */
+            if (level <= 4 && (o & 0xfc)) return MQX_BAD;
+        }
+        if (r.bad) return MQX_BAD;
+        if (!mqx_filter_valid(f.p, f.len)) return MQX_BAD; /* [MQTT-4.7.3-1] */
+        s->count++;
+    }
+    if (s->count == 0) return MQX_BAD; /* [MQTT-3.8.3-3], [MQTT-3.10.3-2] */
+    return MQX_DONE;
+}
+
+/* Walks a validated (UN)SUBSCRIBE; returns 0 at the end. */
+int
+mqx_mqtt_sub_next(const struct mqx_subscribe *s, size_t *off,
+                  struct mqx_str *filter, uint8_t *opts)
+{
+    struct rd r = {s->list + *off, s->list + s->list_len, 0};
+
+    if (*off >= s->list_len) return 0;
+    *filter = rd_str(&r);
+    *opts = s->with_opts ? rd_u8(&r) : 0;
+    if (r.bad) return 0;
+    *off = (size_t)(r.p - s->list);
+    return 1;
+}
+
+/* PUBACK, PUBREC, PUBREL, PUBCOMP: a packet id, nothing else; PUBREL's
+ * flags are 0010 [MQTT-3.6.1-1], the others 0000. */
+enum mqx_rc
+mqx_mqtt_ack(const struct mqx_packet *pk, uint16_t *pid)
+{
+    struct rd r = {pk->body, pk->body + pk->len, 0};
+
+    if (pk->flags != (pk->type == MQX_PUBREL ? 2 : 0)) return MQX_BAD;
+    if (pk->len != 2) return MQX_BAD;
+    *pid = rd_u16(&r);
+    return *pid ? MQX_DONE : MQX_BAD;
+}
+
+size_t
+mqx_mqtt_rl_size(uint32_t rl)
+{
+    return rl < 128 ? 1 : rl < 16384 ? 2 : rl < 2097152 ? 3 : 4;
+}
+
+size_t
+mqx_mqtt_enc_rl(uint8_t *p, uint32_t rl)
+{
+    size_t i = 0;
+
+    do {
+        uint8_t b = (uint8_t)(rl & 0x7f);
+        rl >>= 7;
+        p[i++] = (uint8_t)(b | (rl ? 0x80 : 0));
+    } while (rl);
+    return i;
+}
+
+size_t
+mqx_mqtt_enc_connack(uint8_t *p, uint8_t session_present, uint8_t rc)
+{
+    p[0] = MQX_CONNACK << 4;
+    p[1] = 2;
+    p[2] = session_present & 1;
+    p[3] = rc;
+    return 4;
+}
+
+/* PUBACK/PUBREC/PUBREL/PUBCOMP/UNSUBACK: type, length 2, packet id. */
+size_t
+mqx_mqtt_enc_ack(uint8_t *p, uint8_t type, uint16_t pid)
+{
+    p[0] = (uint8_t)(type << 4 | (type == MQX_PUBREL ? 2 : 0));
+    p[1] = 2;
+    wr_u16(p + 2, pid);
+    return 4;
+}
+
+size_t
+mqx_mqtt_publish_size(size_t topic_len, size_t payload_len, uint8_t qos)
+{
+    size_t rl = 2 + topic_len + (qos ? 2 : 0) + payload_len;
+
+    return 1 + mqx_mqtt_rl_size((uint32_t)rl) + rl;
+}
+
+size_t
+mqx_mqtt_enc_publish(uint8_t *p, const uint8_t *topic, size_t topic_len,
+                     const uint8_t *payload, size_t payload_len, uint8_t qos,
+                     uint8_t retain, uint8_t dup, uint16_t pid)
+{
+    size_t rl = 2 + topic_len + (qos ? 2 : 0) + payload_len, i;
+
+    p[0] = (uint8_t)(MQX_PUBLISH << 4 | (dup ? 8 : 0) | qos << 1 |
+                     (retain ? 1 : 0));
+    i = 1 + mqx_mqtt_enc_rl(p + 1, (uint32_t)rl);
+    wr_u16(p + i, (uint16_t)topic_len);
+    memcpy(p + i + 2, topic, topic_len);
+    i += 2 + topic_len;
+    if (qos) {
+        wr_u16(p + i, pid);
+        i += 2;
+    }
+    if (payload_len) memcpy(p + i, payload, payload_len);
+    return i + payload_len;
+}
+
+/* ==== [8] Messages, topic tree, retained store ==== */
+/* Owns g.msgs and g.nodes. A message is stored once and reference counted;
+ * the tree holds one node per level of every filter and retained topic,
+ * found through a hash of (parent, name). Matching recurses once per level,
+ * so its depth is bounded by max_topic_levels. */
+
+static uint8_t *
+st_at(uint32_t unit)
+{
+    return unit == NIL ? NULL : st_ptr(unit);
+}
+
+static const uint8_t *
+msg_topic(const struct msg *m)
+{
+    return st_ptr(m->data);
+}
+
+static const uint8_t *
+msg_payload(const struct msg *m)
+{
+    return st_ptr(m->data) + m->topic_len;
+}
+
+/* A new message with refs 0; NIL when the message pool or the store is
+ * full (the caller's policy: drop QoS 0, refuse QoS 1/2 unacknowledged). */
+static uint32_t
+msg_new(const uint8_t *topic, size_t tl, const uint8_t *payload, size_t pl,
+        uint8_t qos, uint8_t retain)
+{
+    uint32_t i = pool_take(&g.p_msg);
+    uint8_t *b;
+    struct msg *m;
+
+    if (i == NIL) return NIL;
+    b = st_alloc(tl + pl);
+    if (!b) {
+        pool_give(&g.p_msg, i);
+        return NIL;
+    }
+    memcpy(b, topic, tl);
+    if (pl) memcpy(b + tl, payload, pl);
+    m = &g.msgs[i];
+    m->data = ST_UNIT(b);
+    m->topic_len = (uint16_t)tl;
+    m->payload_len = (uint32_t)pl;
+    m->refs = 0;
+    m->qos = qos;
+    m->retain = retain;
+    return i;
+}
+
+static void
+msg_ref(uint32_t i)
+{
+    g.msgs[i].refs++;
+}
+
+static void
+msg_unref(uint32_t i)
+{
+    struct msg *m;
+
+    if (i == NIL) return;
+    m = &g.msgs[i];
+    assert(m->refs > 0);
+    if (--m->refs == 0) {
+        st_free(st_ptr(m->data));
+        pool_give(&g.p_msg, i);
+    }
+}
+
+/* A message nobody took (refs still 0) is returned at once. */
+static void
+msg_drop_if_unused(uint32_t i)
+{
+    if (i != NIL && g.msgs[i].refs == 0) {
+        g.msgs[i].refs = 1;
+        msg_unref(i);
+    }
+}
+
+/* --- the tree --- */
+
+static uint32_t
+node_hash(uint32_t parent, const uint8_t *name, size_t n)
+{
+    uint32_t h = 2166136261u ^ parent * 0x9e3779b1u;
+    size_t i;
+
+    for (i = 0; i < n; i++) h = (h ^ name[i]) * 16777619u;
+    return h ^ (h >> 15);
+}
+
+static int
+node_is(uint32_t nd, uint32_t parent, const uint8_t *name, size_t n)
+{
+    const struct node *x = &g.nodes[nd];
+
+    return x->parent == parent && x->name_len == n &&
+           (n == 0 || memcmp(st_ptr(x->name), name, n) == 0);
+}
+
+static uint32_t
+node_find(uint32_t parent, const uint8_t *name, size_t n)
+{
+    uint32_t h = node_hash(parent, name, n) & g.node_ht_mask, nd;
+
+    while ((nd = g.node_ht[h]) != NIL) {
+        if (node_is(nd, parent, name, n)) return nd;
+        h = (h + 1) & g.node_ht_mask;
+    }
+    return NIL;
+}
+
+/* Finds or creates the child; NIL when the node pool or store is full. */
+static uint32_t
+node_get(uint32_t parent, const uint8_t *name, size_t n)
+{
+    uint32_t nd = node_find(parent, name, n), h;
+    struct node *x, *p;
+
+    if (nd != NIL) return nd;
+    nd = pool_take(&g.p_node);
+    if (nd == NIL) return NIL;
+    x = &g.nodes[nd];
+    memset(x, 0, sizeof *x);
+    x->name = NIL;
+    if (n) {
+        uint8_t *b = st_dup(name, n);
+        if (!b) {
+            pool_give(&g.p_node, nd);
+            return NIL;
+        }
+        x->name = ST_UNIT(b);
+    }
+    p = &g.nodes[parent];
+    x->name_len = (uint16_t)n;
+    x->parent = parent;
+    x->depth = (uint8_t)(p->depth + 1);
+    x->child = x->prev_sibling = NIL;
+    x->subs = x->retained = NIL;
+    x->sibling = p->child;
+    if (p->child != NIL) g.nodes[p->child].prev_sibling = nd;
+    p->child = nd;
+    h = node_hash(parent, name, n) & g.node_ht_mask;
+    while (g.node_ht[h] != NIL) h = (h + 1) & g.node_ht_mask;
+    g.node_ht[h] = nd;
+    return nd;
+}
+
+/* Removes a node's hash entry, shifting later entries of its run back. */
+static void
+node_ht_remove(uint32_t nd)
+{
+    uint32_t m = g.node_ht_mask, i, j, k;
+    const struct node *x = &g.nodes[nd];
+
+    i = node_hash(x->parent, st_at(x->name), x->name_len) & m;
+    while (g.node_ht[i] != nd) i = (i + 1) & m;
+    j = i;
+    for (;;) {
+        j = (j + 1) & m;
+        if (g.node_ht[j] == NIL) break;
+        {
+            const struct node *y = &g.nodes[g.node_ht[j]];
+            k = node_hash(y->parent, st_at(y->name), y->name_len) & m;
+        }
+        /* move j back to i unless its home k lies cyclically in (i, j] */
+        if (i <= j ? (i < k && k <= j) : (i < k || k <= j)) continue;
+        g.node_ht[i] = g.node_ht[j];
+        i = j;
+    }
+    g.node_ht[i] = NIL;
+}
+
+/* Frees empty nodes from nd up towards the root. */
+static void
+node_prune(uint32_t nd)
+{
+    while (nd != 0 && nd != NIL) {
+        struct node *x = &g.nodes[nd];
+        uint32_t parent = x->parent;
+        if (x->child != NIL || x->subs != NIL || x->retained != NIL) return;
+        node_ht_remove(nd);
+        if (x->prev_sibling != NIL)
+            g.nodes[x->prev_sibling].sibling = x->sibling;
+        else
+            g.nodes[parent].child = x->sibling;
+        if (x->sibling != NIL)
+            g.nodes[x->sibling].prev_sibling = x->prev_sibling;
+        st_free(st_at(x->name));
+        pool_give(&g.p_node, nd);
+        nd = parent;
+    }
+}
+
+/* The node of a topic or filter, created level by level when `create`;
+ * NIL when absent or a pool is full (what was created is pruned). */
+static uint32_t
+tree_path(const uint8_t *t, size_t n, int create)
+{
+    uint32_t nd = 0, next;
+    size_t i = 0, e;
+
+    for (;;) {
+        e = i;
+        while (e < n && t[e] != '/') e++;
+        next = create ? node_get(nd, t + i, e - i) : node_find(nd, t + i, e - i);
+        if (next == NIL) {
+            if (create) node_prune(nd);
+            return NIL;
+        }
+        nd = next;
+        if (e >= n) return nd;
+        i = e + 1;
+    }
+}
+
+/* --- matching a published topic against the filters --- */
+
+/* Adds every subscriber of a node to g.match, one entry per session at
+ * the highest QoS of its matching subscriptions. */
+static void
+tree_collect(uint32_t nd)
+{
+    uint32_t si;
+
+    for (si = g.nodes[nd].subs; si != NIL; si = g.subs[si].node_next) {
+        struct sub *sb = &g.subs[si];
+        struct sess *s = &g.sess[sb->sess];
+        if (s->stamp != g.stamp) {
+            s->stamp = g.stamp;
+            s->match_qos = sb->qos;
+            g.match[g.n_match++] = sb->sess;
+        } else if (sb->qos > s->match_qos) {
+            s->match_qos = sb->qos;
+        }
+    }
+}
+
+/* At node nd (levels before `pos` matched): match the level at t[pos..]. */
+static void
+tree_match(uint32_t nd, const uint8_t *t, size_t n, size_t pos)
+{
+    int dollar = nd == 0 && n > 0 && t[0] == '$'; /* [MQTT-4.7.2-1] */
+    size_t e = pos;
+    uint32_t c;
+
+    while (e < n && t[e] != '/') e++;
+    if (!dollar) {
+        c = node_find(nd, (const uint8_t *)"#", 1);
+        if (c != NIL) tree_collect(c);
+    }
+    for (int wild = 0; wild < 2; wild++) {
+        if (wild && dollar) break;
+        c = wild ? node_find(nd, (const uint8_t *)"+", 1)
+                 : node_find(nd, t + pos, e - pos);
+        if (c == NIL) continue;
+        if (e >= n) {
+            uint32_t h = node_find(c, (const uint8_t *)"#", 1);
+            tree_collect(c);
+            if (h != NIL) tree_collect(h); /* "a/#" matches "a" */
+        } else {
+            tree_match(c, t, n, e + 1);
+        }
+    }
+}
+
+/* Starts a routing pass: g.match holds the matched sessions after it. */
+static void
+tree_route(const uint8_t *t, size_t n)
+{
+    if (++g.stamp == 0) { /* wrapped: forget old stamps */
+        uint32_t i;
+        for (i = 0; i < g.p_sess.cap; i++) g.sess[i].stamp = 0;
+        g.stamp = 1;
+    }
+    g.n_match = 0;
+    tree_match(0, t, n, 0);
+}
+
+/* --- retained messages --- */
+
+/* Stores m as the retained message of its topic (m == NIL clears it).
+ * Past max_retained_messages/bytes a new topic is not stored (counted). */
+static void
+ret_set(uint32_t m, const uint8_t *t, size_t n)
+{
+    uint32_t nd, old;
+    uint64_t bytes = m == NIL ? 0 : g.msgs[m].payload_len;
+
+    if (m == NIL) {
+        nd = tree_path(t, n, 0);
+        if (nd == NIL || g.nodes[nd].retained == NIL) return;
+    } else {
+        if (mqx_topic_levels(t, n) > (unsigned)g.cfg.max_topic_levels)
+            return;
+        nd = tree_path(t, n, 1);
+        if (nd == NIL) return;
+    }
+    old = g.nodes[nd].retained;
+    if (old != NIL) {
+        g.n_retained--;
+        g.retained_bytes -= g.msgs[old].payload_len;
+    }
+    if (m != NIL && (g.n_retained >= (uint64_t)g.cfg.max_retained_messages ||
+                     g.retained_bytes + bytes >
+                         (uint64_t)g.cfg.max_retained_bytes)) {
+        static int64_t last;
+        static uint32_t quiet;
+        int64_t k = log_limit(&last, &quiet);
+        if (k >= 0)
+            log_at(LOG_T_WARN,
+                   "retained store full (%u messages, %llu bytes): not "
+                   "retained (%lld more not logged)",
+                   g.n_retained, (unsigned long long)g.retained_bytes,
+                   (long long)k);
+        g.pub_dropped++;
+        m = NIL;
+    }
+    g.nodes[nd].retained = m;
+    if (m != NIL) {
+        msg_ref(m);
+        g.n_retained++;
+        g.retained_bytes += bytes;
+    }
+    msg_unref(old);
+    if (m == NIL) node_prune(nd);
+}
+
+/* ==== [9] Sessions, queues, routing ==== */
+/* Owns g.sess, g.subs and g.qents. A session outlives its connection when
+ * clean session is 0. Each session has a queue (not yet sent), an inflight
+ * list (sent, waiting for an ack, in send order) and the QoS 2 ids it
+ * received and has not seen PUBREL for. route() hands a message to every
+ * matching session. Uses [8]; marks connections of [13] (a real cycle:
+ * routing wakes connections, closing one routes its will). */
+
+static void conn_dirty(struct conn *c);
+static void conn_close(struct conn *c, unsigned flags);
+
+#define ID_FMT "%.*s"
+
+static const char *
+sess_id(uint32_t s, int *len)
+{
+    if (s == NIL) {
+        *len = 9;
+        return "<unknown>";
+    }
+    *len = g.sess[s].id_len;
+    return (const char *)st_ptr(g.sess[s].id);
+}
+
+static uint32_t
+sess_hash(const uint8_t *id, size_t n)
+{
+    return node_hash(0, id, n) & g.sess_ht_mask;
+}
+
+static uint32_t
+sess_find(const uint8_t *id, size_t n)
+{
+    uint32_t s;
+
+    for (s = g.sess_ht[sess_hash(id, n)]; s != NIL; s = g.sess[s].hash_next)
+        if (g.sess[s].id_len == n && memcmp(st_ptr(g.sess[s].id), id, n) == 0)
+            return s;
+    return NIL;
+}
+
+/* NIL when the session pool or the store is full: CONNACK 3. */
+static uint32_t
+sess_new(const uint8_t *id, size_t n)
+{
+    uint32_t s = pool_take(&g.p_sess), h;
+    struct sess *x;
+    uint8_t *b;
+
+    if (s == NIL) return NIL;
+    b = st_dup(id, n ? n : 1);
+    if (!b) {
+        pool_give(&g.p_sess, s);
+        return NIL;
+    }
+    x = &g.sess[s];
+    memset(x, 0, sizeof *x);
+    x->id = ST_UNIT(b);
+    x->id_len = (uint16_t)n;
+    x->conn = NIL;
+    x->subs = NIL;
+    x->q_head = x->q_tail = x->f_head = x->f_tail = x->r_head = NIL;
+    x->next_pid = 1;
+    h = sess_hash(id, n);
+    x->hash_next = g.sess_ht[h];
+    g.sess_ht[h] = s;
+    return s;
+}
+
+static uint32_t
+qe_new(uint32_t m, uint8_t qos, uint8_t state)
+{
+    uint32_t q = pool_take(&g.p_qent);
+
+    if (q == NIL) return NIL;
+    g.qents[q].next = NIL;
+    g.qents[q].msg = m;
+    g.qents[q].pid = 0;
+    g.qents[q].qos = qos;
+    g.qents[q].state = state;
+    g.qents[q].retain = 0;
+    if (m != NIL) msg_ref(m);
+    return q;
+}
+
+static void
+qe_free(uint32_t q)
+{
+    msg_unref(g.qents[q].msg);
+    pool_give(&g.p_qent, q);
+}
+
+static void
+qe_free_list(uint32_t q)
+{
+    while (q != NIL) {
+        uint32_t next = g.qents[q].next;
+        qe_free(q);
+        q = next;
+    }
+}
+
+/* Removes the first entry of a singly linked list whose pid and state
+ * match (state 0xff: any sent state); returns it or NIL. */
+static uint32_t
+qe_unlink(uint32_t *head, uint32_t *tail, uint16_t pid, uint8_t state)
+{
+    uint32_t q = *head, prev = NIL;
+
+    while (q != NIL) {
+        struct qent *e = &g.qents[q];
+        if (e->pid == pid && (e->state == state || state == 0xff)) {
+            if (prev == NIL)
+                *head = e->next;
+            else
+                g.qents[prev].next = e->next;
+            if (tail && *tail == q) *tail = prev;
+            e->next = NIL;
+            return q;
+        }
+        prev = q;
+        q = e->next;
+    }
+    return NIL;
+}
+
+static uint32_t
+qe_find(uint32_t head, uint16_t pid)
+{
+    while (head != NIL && g.qents[head].pid != pid) head = g.qents[head].next;
+    return head;
+}
+
+static void
+sub_unlink(uint32_t si)
+{
+    struct sub *sb = &g.subs[si];
+    struct node *nd = &g.nodes[sb->node];
+
+    if (sb->node_prev != NIL)
+        g.subs[sb->node_prev].node_next = sb->node_next;
+    else
+        nd->subs = sb->node_next;
+    if (sb->node_next != NIL) g.subs[sb->node_next].node_prev = sb->node_prev;
+    g.n_subs--;
+    pool_give(&g.p_sub, si);
+}
+
+/* Subscribes session s; returns the granted QoS, or 0x80 when the filter
+ * is too deep or a pool is full. *node gets the filter's node. */
+static uint8_t
+sub_add(uint32_t s, const uint8_t *f, size_t n, uint8_t qos, uint32_t *node)
+{
+    uint32_t nd, si;
+    struct sub *sb;
+
+    if (mqx_topic_levels(f, n) > (unsigned)g.cfg.max_topic_levels) return 0x80;
+    nd = tree_path(f, n, 1);
+    if (nd == NIL) return 0x80;
+    *node = nd;
+    for (si = g.sess[s].subs; si != NIL; si = g.subs[si].sess_next)
+        if (g.subs[si].node == nd) { /* [MQTT-3.8.4-3] replace */
+            g.subs[si].qos = qos;
+            return qos;
+        }
+    si = pool_take(&g.p_sub);
+    if (si == NIL) {
+        node_prune(nd);
+        return 0x80;
+    }
+    sb = &g.subs[si];
+    sb->node = nd;
+    sb->sess = s;
+    sb->qos = qos;
+    sb->node_prev = NIL;
+    sb->node_next = g.nodes[nd].subs;
+    if (sb->node_next != NIL) g.subs[sb->node_next].node_prev = si;
+    g.nodes[nd].subs = si;
+    sb->sess_next = g.sess[s].subs;
+    g.sess[s].subs = si;
+    g.n_subs++;
+    return qos;
+}
+
+/* Returns 1 when the session had this filter. */
+static int
+sub_remove(uint32_t s, const uint8_t *f, size_t n)
+{
+    uint32_t nd = tree_path(f, n, 0), si, prev = NIL;
+
+    if (nd == NIL) return 0;
+    for (si = g.sess[s].subs; si != NIL; prev = si, si = g.subs[si].sess_next)
+        if (g.subs[si].node == nd) {
+            if (prev == NIL)
+                g.sess[s].subs = g.subs[si].sess_next;
+            else
+                g.subs[prev].sess_next = g.subs[si].sess_next;
+            sub_unlink(si);
+            node_prune(nd);
+            return 1;
+        }
+    return 0;
+}
+
+/* Forgets a session: subscriptions, queues, id. Its connection, if any,
+ * has already let go of it. */
+static void
+sess_free(uint32_t s)
+{
+    struct sess *x = &g.sess[s];
+    uint32_t *pp = &g.sess_ht[sess_hash(st_ptr(x->id), x->id_len)];
+
+    while (x->subs != NIL) {
+        uint32_t si = x->subs, nd = g.subs[si].node;
+        x->subs = g.subs[si].sess_next;
+        sub_unlink(si);
+        node_prune(nd);
+    }
+    qe_free_list(x->q_head);
+    qe_free_list(x->f_head);
+    qe_free_list(x->r_head);
+    while (*pp != s) pp = &g.sess[*pp].hash_next;
+    *pp = x->hash_next;
+    st_free(st_ptr(x->id));
+    pool_give(&g.p_sess, s);
+}
+
+static void
+sess_dropped(struct sess *s)
+{
+    s->dropped++;
+    g.pub_dropped++;
+}
+
+/* Queues message m for session si at `qos`. Policy when full: an online
+ * client whose queue passed max_queued_messages/bytes (or when the entry
+ * pool is full, for QoS 1/2) is disconnected; otherwise the message is
+ * dropped for this session and counted. */
+static void
+sess_enqueue(uint32_t si, uint32_t m, uint8_t qos, uint8_t retain)
+{
+    struct sess *s = &g.sess[si];
+    struct conn *c = s->conn == NIL ? NULL : &g.conns[s->conn];
+    uint64_t bytes = g.msgs[m].payload_len + g.msgs[m].topic_len;
+    uint32_t q;
+    int full;
+
+    if (c && c->state == CONN_CLOSING) c = NULL;
+    if (!c && qos == 0 && !g.cfg.queue_qos0_messages) return;
+    full = (g.cfg.max_queued_messages &&
+            s->q_count >= (uint64_t)g.cfg.max_queued_messages) ||
+           (g.cfg.max_queued_bytes &&
+            s->q_bytes + bytes > (uint64_t)g.cfg.max_queued_bytes);
+    q = full ? NIL : qe_new(m, qos, QE_QUEUED);
+    if (q == NIL) {
+        sess_dropped(s);
+        if (c && (full || qos > 0)) {
+            int n;
+            const char *id = sess_id(si, &n);
+            log_at(LOG_T_NOTICE,
+                   "Client " ID_FMT " disconnected: outgoing queue full "
+                   "(%u messages).",
+                   n, id, s->q_count);
+            conn_close(c, CF_WILL | CF_QUIET);
+        }
+        return;
+    }
+    g.qents[q].retain = retain;
+    if (s->q_tail == NIL)
+        s->q_head = q;
+    else
+        g.qents[s->q_tail].next = q;
+    s->q_tail = q;
+    s->q_count++;
+    s->q_bytes += bytes;
+    if (c) conn_dirty(c);
+}
+
+/* Delivers a message to every matching session and updates the retained
+ * store. The message must have refs 0 on entry; it is freed if nobody took
+ * it. */
+static void
+route(uint32_t m)
+{
+    struct msg *x = &g.msgs[m];
+    uint32_t i;
+
+    msg_ref(m); /* held while routing */
+    if (x->retain)
+        ret_set(x->payload_len ? m : NIL, msg_topic(x), x->topic_len);
+    tree_route(msg_topic(x), x->topic_len);
+    for (i = 0; i < g.n_match; i++) {
+        uint32_t s = g.match[i];
+        uint8_t qos = g.sess[s].match_qos < x->qos ? g.sess[s].match_qos
+                                                     : x->qos;
+        sess_enqueue(s, m, qos, 0); /* [MQTT-3.3.1-9] retain flag 0 */
+    }
+    msg_unref(m);
+}
+
+/* Publishes a message made by the broker itself ($SYS, wills are routed by
+ * the reaper). Dropped and counted when the store is full. */
+static void
+route_new(const char *topic, const uint8_t *payload, size_t pl, uint8_t qos,
+          uint8_t retain)
+{
+    uint32_t m = msg_new((const uint8_t *)topic, strlen(topic), payload, pl,
+                         qos, retain);
+
+    if (m == NIL) {
+        g.pub_dropped++;
+        return;
+    }
+    route(m);
+}
+
+/* Queues the retained messages matching a new subscription: at filter
+ * level f[pos..] below node nd. */
+static void
+ret_deliver(uint32_t s, uint32_t nd, uint8_t qos);
+
+static void
+ret_all_below(uint32_t s, uint32_t nd, uint8_t qos, int skip_dollar)
+{
+    uint32_t c;
+
+    for (c = g.nodes[nd].child; c != NIL; c = g.nodes[c].sibling) {
+        if (skip_dollar && g.nodes[c].name_len > 0 &&
+            *st_ptr(g.nodes[c].name) == '$')
+            continue;
+        ret_deliver(s, c, qos);
+        ret_all_below(s, c, qos, 0);
+    }
+}
+
+static void
+ret_deliver(uint32_t s, uint32_t nd, uint8_t qos)
+{
+    uint32_t m = g.nodes[nd].retained;
+
+    if (m == NIL) return;
+    sess_enqueue(s, m, g.msgs[m].qos < qos ? g.msgs[m].qos : qos, 1);
+}
+
+static void
+ret_match(uint32_t s, uint32_t nd, const uint8_t *f, size_t n, size_t pos,
+          uint8_t qos)
+{
+    int root = nd == 0;
+    size_t e = pos;
+    uint32_t c;
+
+    while (e < n && f[e] != '/') e++;
+    if (e - pos == 1 && f[pos] == '#') {
+        if (!root) ret_deliver(s, nd, qos); /* "a/#" matches "a" */
+        ret_all_below(s, nd, qos, root);
+        return;
+    }
+    if (e - pos == 1 && f[pos] == '+') {
+        for (c = g.nodes[nd].child; c != NIL; c = g.nodes[c].sibling) {
+            if (root && g.nodes[c].name_len && *st_ptr(g.nodes[c].name) == '$')
+                continue;
+            if (e >= n)
+                ret_deliver(s, c, qos);
+            else
+                ret_match(s, c, f, n, e + 1, qos);
+        }
+        return;
+    }
+    c = node_find(nd, f + pos, e - pos);
+    if (c == NIL) return;
+    if (e >= n)
+        ret_deliver(s, c, qos);
+    else
+        ret_match(s, c, f, n, e + 1, qos);
+}
+
+/* ==== [10] Auth ==== */
+/* Decides CONNECT admission. Without a password file, usernames are not
+ * checked (as Mosquitto); allow_anonymous gates clients without one. */
+
+static uint8_t
+auth_connect(const struct mqx_connect *ck)
+{
+    if (!ck->has_user && !g.cfg.allow_anonymous)
+        return MQX_CONNACK_NOT_AUTH;
+    return MQX_CONNACK_OK;
+}
+
+/* ==== [13] Connections: output, fill, close, reap, deadlines ==== */
+/* Owns g.conns and their pollfd slots (pfd[n_ls + i]). Output is encoded
+ * into a store block held only while bytes are pending, then written with
+ * one send() per client per iteration. conn_close() only marks; conn_reap()
+ * is the only place that publishes wills, closes fds and frees slots. */
+
+static uint32_t
+conn_idx(const struct conn *c)
+{
+    return (uint32_t)(c - g.conns);
+}
+
+static struct pollfd *
+conn_pfd(const struct conn *c)
+{
+    return &g.pfd[g.n_ls + conn_idx(c)];
+}
+
+static void
+conn_dirty(struct conn *c)
+{
+    if (c->flags & CF_DIRTY) return;
+    c->flags |= CF_DIRTY;
+    g.dirty[g.n_dirty++] = conn_idx(c);
+}
+
+static const char *
+conn_id(const struct conn *c, int *len)
+{
+    return sess_id(c->sess, len);
+}
+
+/* Marks a connection closed; flags: CF_WILL publishes its will, CF_QUIET
+ * skips the "closed its connection" line, CF_FLUSHCLOSE writes what is
+ * queued first (a CONNACK refusal). */
+static void
+conn_close(struct conn *c, unsigned flags)
+{
+    if (c->state == CONN_CLOSING || c->state == CONN_FREE) return;
+    c->state = CONN_CLOSING;
+    c->flags = (uint8_t)(c->flags | flags);
+    conn_dirty(c);
+}
+
+/* Reserves n bytes at the end of the output block, growing it; NULL when
+ * the store cannot give the room (the caller closes the connection). */
+static uint8_t *
+conn_out(struct conn *c, size_t n)
+{
+    uint8_t *p;
+
+    if (c->tx && c->tx_off > 0 && c->tx_len + n > c->tx_cap) {
+        memmove(c->tx, c->tx + c->tx_off, c->tx_len - c->tx_off);
+        c->tx_len -= c->tx_off;
+        c->tx_off = 0;
+    }
+    if (!c->tx || c->tx_len + n > c->tx_cap) {
+        size_t want = c->tx_len + n < 1024 ? 1024 : c->tx_len + n;
+        uint8_t *b = st_alloc(want);
+        if (!b) return NULL;
+        if (c->tx) {
+            memcpy(b, c->tx + c->tx_off, c->tx_len - c->tx_off);
+            c->tx_len -= c->tx_off;
+            c->tx_off = 0;
+            st_free(c->tx);
+        }
+        c->tx = b;
+        c->tx_cap = (uint32_t)st_block_size(b);
+    }
+    p = c->tx + c->tx_len;
+    c->tx_len += (uint32_t)n;
+    conn_dirty(c);
+    return p;
+}
+
+static void
+conn_oom(struct conn *c)
+{
+    static int64_t last;
+    static uint32_t quiet;
+    int64_t k = log_limit(&last, &quiet);
+    int n;
+    const char *id = conn_id(c, &n);
+
+    if (k >= 0)
+        log_at(LOG_T_WARN,
+               "Client " ID_FMT " disconnected: message store full (%lld "
+               "more not logged).",
+               n, id, (long long)k);
+    conn_close(c, CF_WILL | CF_QUIET);
+}
+
+/* Queues a 4-byte acknowledgement; closes the connection when it can't. */
+static void
+conn_ack(struct conn *c, uint8_t type, uint16_t pid)
+{
+    uint8_t *p = conn_out(c, 4);
+
+    if (!p) {
+        conn_oom(c);
+        return;
+    }
+    mqx_mqtt_enc_ack(p, type, pid);
+}
+
+/* Writes pending output; 0 when all or part was written or the socket is
+ * full, -1 on a socket error. */
+static int
+conn_write(struct conn *c)
+{
+    while (c->tx && c->tx_off < c->tx_len) {
+        ssize_t n = send(c->fd, c->tx + c->tx_off, c->tx_len - c->tx_off,
+                         MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                c->flags |= CF_POLLOUT;
+                conn_pfd(c)->events |= POLLOUT;
+                return 0;
+            }
+            return -1;
+        }
+        g.bytes_tx += (uint64_t)n;
+        c->tx_off += (uint32_t)n;
+    }
+    if (c->tx) {
+        st_free(c->tx);
+        c->tx = NULL;
+        c->tx_len = c->tx_off = c->tx_cap = 0;
+    }
+    if (c->flags & CF_POLLOUT) {
+        c->flags &= (uint8_t)~CF_POLLOUT;
+        conn_pfd(c)->events &= (short)~POLLOUT;
+    }
+    return 0;
+}
+
+static uint16_t
+sess_next_pid(struct sess *s)
+{
+    for (;;) {
+        uint16_t pid = s->next_pid;
+        s->next_pid = (uint16_t)(pid == 65535 ? 1 : pid + 1);
+        if (qe_find(s->f_head, pid) == NIL) return pid;
+    }
+}
+
+/* Encodes one delivery; 0, or -1 when the output block can't grow. */
+static int
+conn_put_publish(struct conn *c, const struct qent *e, uint8_t dup)
+{
+    const struct msg *m = &g.msgs[e->msg];
+    size_t n = mqx_mqtt_publish_size(m->topic_len, m->payload_len, e->qos);
+    uint8_t *p = conn_out(c, n);
+
+    if (!p) return -1;
+    mqx_mqtt_enc_publish(p, msg_topic(m), m->topic_len, msg_payload(m),
+                         m->payload_len, e->qos, e->retain, dup, e->pid);
+    g.msgs_tx++;
+    return 0;
+}
+
+/* Moves deliveries into the output block: first what must be resent after
+ * a session resumed, then the queue, within the inflight window
+ * (max_inflight_messages) and up to MQX_TX_BATCH bytes. */
+static void
+conn_fill(struct conn *c)
+{
+    struct sess *s;
+    int64_t window = g.cfg.max_inflight_messages;
+
+    if (c->state != CONN_ONLINE || c->sess == NIL) return;
+    s = &g.sess[c->sess];
+    while (c->resend != NIL && c->tx_len < MQX_TX_BATCH) {
+        struct qent *e = &g.qents[c->resend];
+        if (e->state == QE_PUBCOMP) {
+            uint8_t *p = conn_out(c, 4);
+            if (!p) break;
+            mqx_mqtt_enc_ack(p, MQX_PUBREL, e->pid);
+        } else if (conn_put_publish(c, e, 1)) { /* [MQTT-4.4.0-1] DUP */
+            break;
+        }
+        c->resend = e->next;
+    }
+    if (c->resend != NIL) goto out;
+    while (s->q_head != NIL && c->tx_len - c->tx_off < MQX_TX_BATCH) {
+        uint32_t q = s->q_head;
+        struct qent *e = &g.qents[q];
+        uint64_t bytes = g.msgs[e->msg].payload_len + g.msgs[e->msg].topic_len;
+        if (e->qos > 0 && window > 0 && s->f_count >= (uint64_t)window) break;
+        if (e->qos > 0) e->pid = sess_next_pid(s);
+        if (conn_put_publish(c, e, 0)) break;
+        s->q_head = e->next;
+        if (s->q_head == NIL) s->q_tail = NIL;
+        s->q_count--;
+        s->q_bytes -= bytes;
+        e->next = NIL;
+        if (e->qos == 0) {
+            qe_free(q);
+            continue;
+        }
+        e->state = e->qos == 1 ? QE_PUBACK : QE_PUBREC;
+        if (s->f_tail == NIL)
+            s->f_head = q;
+        else
+            g.qents[s->f_tail].next = q;
+        s->f_tail = q;
+        s->f_count++;
+    }
+out:
+    if (!c->tx && (c->resend != NIL || (s->q_head != NIL &&
+                                        (window == 0 ||
+                                         s->f_count < (uint64_t)window))))
+        conn_oom(c); /* nothing pending and still no room: store full */
+}
+
+/* Frees a slot: the only place that closes client sockets. */
+static void
+conn_reap(struct conn *c)
+{
+    struct pollfd *pf = conn_pfd(c);
+    uint32_t ci = conn_idx(c);
+
+    if ((c->flags & CF_WILL) && c->will != NIL) route(c->will);
+    if (c->will != NIL) msg_unref(c->will);
+    c->will = NIL;
+    if (c->sess != NIL && g.sess[c->sess].conn == ci) {
+        struct sess *s = &g.sess[c->sess];
+        s->conn = NIL;
+        if (s->clean)
+            sess_free(c->sess);
+        else
+            s->expire_ms = g.cfg.persistent_client_expiration
+                               ? g.now + g.cfg.persistent_client_expiration *
+                                             1000
+                               : 0;
+    }
+    if (c->tx && c->tx_off < c->tx_len && (c->flags & CF_FLUSHCLOSE))
+        (void)send(c->fd, c->tx + c->tx_off, c->tx_len - c->tx_off,
+                   MSG_NOSIGNAL | MSG_DONTWAIT);
+    st_free(c->tx);
+    st_free(c->rx);
+    c->tx = c->rx = NULL;
+    if (c->proto) {
+        g.n_online--;
+    }
+    g.cfg.lsn[c->lsn].n_conns--;
+    close(c->fd);
+    pf->fd = -1;
+    pf->events = 0;
+    pf->revents = 0;
+    c->fd = -1;
+    c->state = CONN_FREE;
+    pool_give(&g.p_conn, ci);
+}
+
+/* End of an iteration: reaps closed connections, fills and writes the rest.
+ * Reaping may route wills, which appends to g.dirty while we walk it. */
+static void
+conn_flush_all(void)
+{
+    uint32_t i;
+
+    for (i = 0; i < g.n_dirty; i++) {
+        struct conn *c = &g.conns[g.dirty[i]];
+        int round;
+        c->flags &= (uint8_t)~CF_DIRTY;
+        if (c->state == CONN_FREE) continue;
+        if (c->state == CONN_CLOSING) {
+            conn_reap(c);
+            continue;
+        }
+        for (round = 0; round < 4 && c->state == CONN_ONLINE; round++) {
+            const struct sess *s = &g.sess[c->sess];
+            conn_fill(c);
+            if (!c->tx || (c->flags & CF_POLLOUT)) break;
+            if (conn_write(c)) {
+                int n;
+                const char *id = conn_id(c, &n);
+                if (g.cfg.connection_messages)
+                    log_at(LOG_T_NOTICE,
+                           "Socket error on client " ID_FMT
+                           ", disconnecting.",
+                           n, id);
+                conn_close(c, CF_WILL);
+                break;
+            }
+            if (c->flags & CF_POLLOUT) break;
+            if (s->q_head == NIL && c->resend == NIL) break;
+        }
+    }
+    g.n_dirty = 0;
+}
+
+/* ==== [14] Protocol handlers, one per packet type ==== */
+/* Each takes a framed packet of a connection and acts on [9] and [13].
+ * They copy what they keep: the packet's bytes die after the call. */
+
+static void
+handle_protocol_error(struct conn *c)
+{
+    int n;
+    const char *id = conn_id(c, &n);
+
+    if (g.cfg.connection_messages)
+        log_at(LOG_T_NOTICE,
+               "Client " ID_FMT " disconnected due to protocol error.", n, id);
+    conn_close(c, CF_WILL | CF_QUIET);
+}
+
+/* Refuses a CONNECT with a CONNACK code, then closes. */
+static void
+handle_refuse(struct conn *c, uint8_t rc)
+{
+    uint8_t *p = conn_out(c, 4);
+
+    if (p) mqx_mqtt_enc_connack(p, 0, rc);
+    conn_close(c, CF_QUIET | CF_FLUSHCLOSE);
+}
+
+/* A client id for a client that sent none [MQTT-3.1.3-6]. */
+static size_t
+handle_assign_id(char *buf, size_t cap)
+{
+    uint64_t v = ++g.id_counter * 0x9e3779b97f4a7c15ull ^ (uint64_t)g.now;
+    int k = snprintf(buf, cap, "auto-%016llx", (unsigned long long)v);
+
+    return k > 0 ? (size_t)k : 0;
+}
+
+static void
+handle_connect(struct conn *c, const struct mqx_packet *pk)
+{
+    struct mqx_connect ck;
+    char idbuf[32];
+    const uint8_t *id;
+    size_t id_len;
+    uint32_t s, will = NIL, ci = conn_idx(c);
+    uint8_t rc, present = 0;
+    uint8_t *p;
+
+    if (c->state != CONN_NEW) { /* [MQTT-3.1.0-2] second CONNECT */
+        handle_protocol_error(c);
+        return;
+    }
+    if (mqx_mqtt_connect(pk->body, pk->len, &ck) != MQX_DONE) {
+        if (ck.connack) {
+            if (g.cfg.connection_messages)
+                log_at(LOG_T_NOTICE,
+                       "Client <unknown> from %s refused: %s.", c->addr,
+                       ck.connack == MQX_CONNACK_PROTOCOL
+                           ? "unsupported protocol version"
+                           : "identifier rejected");
+            handle_refuse(c, ck.connack);
+        } else {
+            handle_protocol_error(c);
+        }
+        return;
+    }
+    id = ck.client_id.p;
+    id_len = ck.client_id.len;
+    if (id_len == 0) {
+        id_len = handle_assign_id(idbuf, sizeof idbuf);
+        id = (const uint8_t *)idbuf;
+    }
+    if (ck.keepalive > g.cfg.max_keepalive) {
+        if (g.cfg.connection_messages)
+            log_at(LOG_T_NOTICE,
+                   "Client %.*s from %s refused: keepalive %u > "
+                   "max_keepalive %lld.",
+                   (int)id_len, (const char *)id, c->addr, ck.keepalive,
+                   (long long)g.cfg.max_keepalive);
+        handle_refuse(c, MQX_CONNACK_ID);
+        return;
+    }
+    rc = auth_connect(&ck);
+    if (rc != MQX_CONNACK_OK) {
+        if (g.cfg.connection_messages)
+            log_at(LOG_T_NOTICE, "Client %.*s disconnected, not authorised.",
+                   (int)id_len, (const char *)id);
+        handle_refuse(c, rc);
+        return;
+    }
+    if (ck.will) {
+        will = msg_new(ck.will_topic.p, ck.will_topic.len, ck.will_payload.p,
+                       ck.will_payload.len, ck.will_qos, ck.will_retain);
+        if (will == NIL) {
+            log_at(LOG_T_WARN, "Client %.*s refused: message store full.",
+                   (int)id_len, (const char *)id);
+            handle_refuse(c, MQX_CONNACK_UNAVAIL);
+            return;
+        }
+        msg_ref(will);
+    }
+    s = sess_find(id, id_len);
+    if (s != NIL && g.sess[s].conn != NIL) { /* [MQTT-3.1.4-2] takeover */
+        struct conn *old = &g.conns[g.sess[s].conn];
+        if (g.cfg.connection_messages)
+            log_at(LOG_T_NOTICE,
+                   "Client %.*s already connected, closing old connection.",
+                   (int)id_len, (const char *)id);
+        old->sess = NIL;
+        g.sess[s].conn = NIL;
+        conn_close(old, CF_WILL | CF_QUIET);
+    }
+    if (s != NIL && ck.clean) { /* [MQTT-3.1.2-6] */
+        sess_free(s);
+        s = NIL;
+    }
+    if (s == NIL) {
+        s = sess_new(id, id_len);
+        if (s == NIL) {
+            static int64_t last;
+            static uint32_t quiet;
+            int64_t k = log_limit(&last, &quiet);
+            if (k >= 0)
+                log_at(LOG_T_WARN,
+                       "Client %.*s refused: session pool full (max_sessions "
+                       "%lld; %lld more not logged).",
+                       (int)id_len, (const char *)id,
+                       (long long)g.cfg.max_sessions, (long long)k);
+            msg_unref(will);
+            handle_refuse(c, MQX_CONNACK_UNAVAIL);
+            return;
+        }
+    } else {
+        present = 1; /* [MQTT-3.2.2-2] */
+    }
+    p = conn_out(c, 4);
+    if (!p) {
+        msg_unref(will);
+        if (!present) sess_free(s);
+        conn_oom(c);
+        return;
+    }
+    mqx_mqtt_enc_connack(p, present, MQX_CONNACK_OK);
+    g.sess[s].conn = ci;
+    g.sess[s].clean = ck.clean;
+    g.sess[s].proto = ck.level;
+    g.sess[s].expire_ms = 0;
+    c->sess = s;
+    c->will = will;
+    c->proto = ck.level;
+    c->keepalive = ck.keepalive;
+    c->state = CONN_ONLINE;
+    c->resend = g.sess[s].f_head;
+    c->deadline_ms = ck.keepalive ? g.now + ck.keepalive * 1500 : 0;
+    g.n_online++;
+    if (g.n_online > g.peak_online) g.peak_online = g.n_online;
+    if (g.cfg.connection_messages) {
+        if (ck.has_user)
+            log_at(LOG_T_NOTICE,
+                   "New client connected from %s as %.*s (p%d, c%d, k%u, "
+                   "u'%.*s').",
+                   c->addr, (int)id_len, (const char *)id,
+                   ck.level == 4 ? 2 : 1, ck.clean, ck.keepalive,
+                   (int)ck.username.len, (const char *)ck.username.p);
+        else
+            log_at(LOG_T_NOTICE,
+                   "New client connected from %s as %.*s (p%d, c%d, k%u).",
+                   c->addr, (int)id_len, (const char *)id,
+                   ck.level == 4 ? 2 : 1, ck.clean, ck.keepalive);
+    }
+}
+
+static void
+handle_publish(struct conn *c, const struct mqx_packet *pk)
+{
+    struct mqx_publish pb;
+    struct sess *s = &g.sess[c->sess];
+    uint32_t m;
+
+    if (mqx_mqtt_publish(pk->flags, pk->body, pk->len, c->proto, &pb) !=
+        MQX_DONE) {
+        handle_protocol_error(c);
+        return;
+    }
+    if (pb.retain && !g.cfg.retain_available) {
+        handle_protocol_error(c);
+        return;
+    }
+    g.msgs_rx++;
+    if (pb.qos == 2 && qe_find(s->r_head, pb.pid) != NIL) {
+        conn_ack(c, MQX_PUBREC, pb.pid); /* [MQTT-4.3.3-2] not again */
+        return;
+    }
+    if (g.cfg.message_size_limit &&
+        pb.payload.len > (uint64_t)g.cfg.message_size_limit) {
+        static int64_t last;
+        static uint32_t quiet;
+        int64_t k = log_limit(&last, &quiet);
+        int n;
+        const char *id = conn_id(c, &n);
+        if (k >= 0)
+            log_at(LOG_T_NOTICE,
+                   "Dropped too large PUBLISH from " ID_FMT
+                   " (%u bytes > message_size_limit).",
+                   n, id, pb.payload.len);
+        g.pub_dropped++;
+        if (pb.qos == 1) conn_ack(c, MQX_PUBACK, pb.pid);
+        if (pb.qos == 2) conn_ack(c, MQX_PUBREC, pb.pid);
+        return;
+    }
+    m = msg_new(pb.topic.p, pb.topic.len, pb.payload.p, pb.payload.len,
+                pb.qos, pb.retain);
+    if (m == NIL) {
+        if (pb.qos == 0) { /* policy: QoS 0 dropped and counted */
+            g.pub_dropped++;
+            return;
+        }
+        conn_oom(c); /* QoS 1/2: not acknowledged, the client resends */
+        return;
+    }
+    if (pb.qos == 2) {
+        uint32_t q = qe_new(NIL, 2, QE_RECEIVED);
+        if (q == NIL) {
+            msg_drop_if_unused(m);
+            conn_oom(c);
+            return;
+        }
+        g.qents[q].pid = pb.pid;
+        g.qents[q].next = s->r_head;
+        s->r_head = q;
+        s->r_count++;
+    }
+    route(m);
+    if (pb.qos == 1) conn_ack(c, MQX_PUBACK, pb.pid);
+    if (pb.qos == 2) conn_ack(c, MQX_PUBREC, pb.pid);
+    /* policy: past 7/8 of the store, stop reading publishers */
+    if (g.st.used > g.st.size / 8 * 7) {
+        c->flags |= CF_THROTTLED;
+        conn_pfd(c)->events &= (short)~POLLIN;
+        g.throttled = 1;
+    }
+}
+
+static void
+handle_subscribe(struct conn *c, const struct mqx_packet *pk)
+{
+    struct mqx_subscribe sb;
+    struct mqx_str f;
+    size_t off = 0, i = 0, rl;
+    uint8_t opts, *p;
+    uint32_t s = c->sess;
+
+    if (mqx_mqtt_subscribe(pk, c->proto, &sb) != MQX_DONE) {
+        handle_protocol_error(c);
+        return;
+    }
+    rl = 2 + sb.count;
+    p = conn_out(c, 1 + mqx_mqtt_rl_size((uint32_t)rl) + rl);
+    if (!p) {
+        conn_oom(c);
+        return;
+    }
+    p[0] = MQX_SUBACK << 4;
+    p += 1 + mqx_mqtt_enc_rl(p + 1, (uint32_t)rl);
+    wr_u16(p, sb.pid);
+    p += 2;
+    while (mqx_mqtt_sub_next(&sb, &off, &f, &opts)) {
+        uint32_t nd = NIL;
+        uint8_t granted = sub_add(s, f.p, f.len, opts & 3, &nd);
+        int n;
+        const char *id = conn_id(c, &n);
+        p[i++] = granted;
+        log_at(LOG_T_SUB, ID_FMT " %d %.*s", n, id, granted, (int)f.len,
+               (const char *)f.p);
+        if (granted != 0x80) ret_match(s, 0, f.p, f.len, 0, granted);
+    }
+}
+
+static void
+handle_unsubscribe(struct conn *c, const struct mqx_packet *pk)
+{
+    struct mqx_subscribe sb;
+    struct mqx_str f;
+    size_t off = 0;
+    uint8_t opts;
+
+    if (mqx_mqtt_subscribe(pk, c->proto, &sb) != MQX_DONE) {
+        handle_protocol_error(c);
+        return;
+    }
+    while (mqx_mqtt_sub_next(&sb, &off, &f, &opts)) {
+        int n;
+        const char *id = conn_id(c, &n);
+        sub_remove(c->sess, f.p, f.len);
+        log_at(LOG_T_UNSUB, ID_FMT " %.*s", n, id, (int)f.len,
+               (const char *)f.p);
+    }
+    conn_ack(c, MQX_UNSUBACK, sb.pid);
+}
+
+/* PUBACK, PUBREC, PUBREL, PUBCOMP. */
+static void
+handle_ack(struct conn *c, const struct mqx_packet *pk)
+{
+    struct sess *s = &g.sess[c->sess];
+    uint16_t pid;
+    uint32_t q;
+
+    if (mqx_mqtt_ack(pk, &pid) != MQX_DONE) {
+        handle_protocol_error(c);
+        return;
+    }
+    switch (pk->type) {
+    case MQX_PUBACK:
+        q = qe_unlink(&s->f_head, &s->f_tail, pid, QE_PUBACK);
+        break;
+    case MQX_PUBCOMP:
+        q = qe_unlink(&s->f_head, &s->f_tail, pid, QE_PUBCOMP);
+        break;
+    case MQX_PUBREC:
+        q = qe_find(s->f_head, pid);
+        if (q != NIL && g.qents[q].state == QE_PUBREC) {
+            g.qents[q].state = QE_PUBCOMP; /* the payload is delivered */
+            msg_unref(g.qents[q].msg);
+            g.qents[q].msg = NIL;
+        }
+        conn_ack(c, MQX_PUBREL, pid); /* [MQTT-4.3.3-1] */
+        return;
+    default: /* PUBREL */
+        q = qe_unlink(&s->r_head, NULL, pid, QE_RECEIVED);
+        if (q != NIL) {
+            s->r_count--;
+            qe_free(q);
+        }
+        conn_ack(c, MQX_PUBCOMP, pid); /* [MQTT-4.3.3-3] */
+        return;
+    }
+    if (q == NIL) return; /* unknown id: ignore */
+    if (c->resend == q) c->resend = g.qents[q].next;
+    s->f_count--;
+    qe_free(q);
+    conn_dirty(c); /* the window opened */
+}
+
+static void
+handle_packet(struct conn *c, const struct mqx_packet *pk)
+{
+    if (c->state == CONN_NEW && pk->type != MQX_CONNECT) {
+        if (g.cfg.connection_messages)
+            log_at(LOG_T_NOTICE,
+                   "Client <unknown> from %s disconnected: packet type %u "
+                   "before CONNECT.",
+                   c->addr, pk->type);
+        conn_close(c, CF_QUIET); /* [MQTT-3.1.0-1] */
+        return;
+    }
+    switch (pk->type) {
+    case MQX_CONNECT:
+        handle_connect(c, pk);
+        break;
+    case MQX_PUBLISH:
+        handle_publish(c, pk);
+        break;
+    case MQX_PUBACK:
+    case MQX_PUBREC:
+    case MQX_PUBREL:
+    case MQX_PUBCOMP:
+        handle_ack(c, pk);
+        break;
+    case MQX_SUBSCRIBE:
+        handle_subscribe(c, pk);
+        break;
+    case MQX_UNSUBSCRIBE:
+        handle_unsubscribe(c, pk);
+        break;
+    case MQX_PINGREQ:
+        if (pk->flags || pk->len) {
+            handle_protocol_error(c);
+        } else {
+            uint8_t *p = conn_out(c, 2);
+            if (!p) {
+                conn_oom(c);
+                break;
+            }
+            p[0] = MQX_PINGRESP << 4;
+            p[1] = 0;
+        }
+        break;
+    case MQX_DISCONNECT:
+        if (pk->flags || pk->len) { /* [MQTT-3.14.1-1] */
+            handle_protocol_error(c);
+        } else {
+            int n;
+            const char *id = conn_id(c, &n);
+            if (g.cfg.connection_messages)
+                log_at(LOG_T_NOTICE, "Client " ID_FMT " disconnected.", n,
+                       id);
+            conn_close(c, CF_QUIET); /* [MQTT-3.14.4-3] no will */
+        }
+        break;
+    default:
+        handle_protocol_error(c);
+        break;
+    }
+}
+
+/* ==== [15] Poll loop: read, decode, dispatch; listeners; signals ==== */
+/* loop_run() polls listeners (pfd[0 .. n_ls-1]) and connection slots,
+ * reads each ready socket once (into the shared scratch, or straight into
+ * a partial packet's block when that packet is large), decodes every
+ * complete packet, then flushes every dirty client once. */
+
+/* Decodes every complete packet in buf; returns the bytes consumed. */
+static size_t
+loop_parse(struct conn *c, const uint8_t *buf, size_t len)
+{
+    size_t off = 0, used;
+    struct mqx_packet pk;
+
+    while (off < len && c->state != CONN_CLOSING) {
+        enum mqx_rc rc = mqx_mqtt_frame(buf + off, len - off,
+                                        (uint32_t)g.cfg.max_packet_size, &pk,
+                                        &used);
+        if (rc == MQX_MORE) break;
+        if (rc == MQX_BIG) {
+            int n;
+            const char *id = conn_id(c, &n);
+            if (g.cfg.connection_messages)
+                log_at(LOG_T_NOTICE,
+                       "Client " ID_FMT " from %s disconnected: packet larger "
+                       "than max_packet_size (%lld).",
+                       n, id, c->addr, (long long)g.cfg.max_packet_size);
+            conn_close(c, CF_WILL | CF_QUIET);
+            break;
+        }
+        if (rc == MQX_BAD) {
+            handle_protocol_error(c);
+            break;
+        }
+        handle_packet(c, &pk);
+        off += used;
+    }
+    return off;
+}
+
+/* Bytes a partial packet will need in all, when its header is known. */
+static size_t
+loop_need(const uint8_t *p, size_t n)
+{
+    size_t hl;
+    uint32_t rl;
+
+    if (mqx_mqtt_header(p, n, &hl, &rl) == MQX_DONE) return hl + rl;
+    return 0;
+}
+
+/* Keeps an unfinished tail in the connection's own block. */
+static void
+loop_keep(struct conn *c, const uint8_t *p, size_t n)
+{
+    size_t need = loop_need(p, n), cap = need > n ? need : n;
+    uint8_t *b;
+
+    if (n == 0) {
+        st_free(c->rx);
+        c->rx = NULL;
+        c->rx_len = c->rx_cap = 0;
+        return;
+    }
+    if (c->rx && c->rx_cap >= cap) {
+        memmove(c->rx, p, n);
+        c->rx_len = (uint32_t)n;
+        return;
+    }
+    b = st_alloc(cap < MQX_STORE_MIN ? MQX_STORE_MIN : cap);
+    if (!b) {
+        conn_oom(c);
+        return;
+    }
+    memcpy(b, p, n);
+    st_free(c->rx);
+    c->rx = b;
+    c->rx_len = (uint32_t)n;
+    c->rx_cap = (uint32_t)st_block_size(b);
+}
+
+static void
+loop_read(struct conn *c)
+{
+    size_t have = c->rx_len, need = c->rx ? loop_need(c->rx, have) : 0;
+    int big = need > MQX_SCRATCH / 2;
+    uint8_t *buf = big ? c->rx : g.scratch;
+    size_t cap = big ? c->rx_cap : MQX_SCRATCH, used;
+    ssize_t n;
+
+    if (!big && have) memcpy(g.scratch, c->rx, have);
+    n = recv(c->fd, buf + have, cap - have, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n <= 0) {
+        int k;
+        const char *id = conn_id(c, &k);
+        if (g.cfg.connection_messages && c->state == CONN_ONLINE) {
+            if (n == 0)
+                log_at(LOG_T_NOTICE, "Client " ID_FMT " closed its connection.",
+                       k, id);
+            else
+                log_at(LOG_T_NOTICE,
+                       "Socket error on client " ID_FMT ", disconnecting.", k,
+                       id);
+        }
+        conn_close(c, CF_WILL | CF_QUIET);
+        return;
+    }
+    g.bytes_rx += (uint64_t)n;
+    if (c->keepalive && c->state == CONN_ONLINE)
+        c->deadline_ms = g.now + c->keepalive * 1500; /* [MQTT-3.1.2-24] */
+    have += (size_t)n;
+    used = loop_parse(c, buf, have);
+    if (c->state == CONN_CLOSING) return;
+    if (big) {
+        loop_keep(c, c->rx + used, have - used);
+    } else {
+        loop_keep(c, g.scratch + used, have - used);
+    }
+}
+
+/* Formats a socket address as logs show it: "a.b.c.d:port",
+ * "[v6]:port" is Mosquitto's form without brackets: "v6:port". */
+static void
+loop_addr(const struct sockaddr_storage *sa, char *out, size_t cap,
+          const char *unix_path)
+{
+    char ip[INET6_ADDRSTRLEN];
+
+    if (sa->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
+        snprintf(out, cap, "%s:%u", ip, ntohs(a->sin_port));
+    } else if (sa->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
+        snprintf(out, cap, "%s:%u", ip, ntohs(a->sin6_port));
+    } else {
+        snprintf(out, cap, "%s", unix_path);
+    }
+}
+
+static void
+lsn_refuse_log(const char *addr, const char *why)
+{
+    static int64_t last;
+    static uint32_t quiet;
+    int64_t k = log_limit(&last, &quiet);
+
+    g.conns_refused++;
+    if (k >= 0)
+        log_at(LOG_T_NOTICE,
+               "Connection from %s refused: %s (%lld more not logged).", addr,
+               why, (long long)k);
+}
+
+/* Accepts what a listening socket holds. A connection beyond the pool or
+ * the listener's max_connections is accepted and closed at once, counted,
+ * with a rate-limited line: the client fails fast. */
+static void
+lsn_accept(struct lsock *ls)
+{
+    struct listener *l = &g.cfg.lsn[ls->lsn];
+    int burst;
+
+    for (burst = 0; burst < 64; burst++) {
+        struct sockaddr_storage sa;
+        socklen_t sl = sizeof sa;
+        int fd = accept(ls->fd, (struct sockaddr *)&sa, &sl), one = 1;
+        uint32_t ci;
+        struct conn *c;
+        char addr[MQX_ADDR_LEN];
+
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNABORTED)
+                log_sys(LOG_T_WARN, "accept on port %u", l->port);
+            return;
+        }
+        loop_addr(&sa, addr, sizeof addr, l->bind);
+        if (l->max_connections >= 0 &&
+            l->n_conns >= (uint64_t)l->max_connections) {
+            close(fd);
+            lsn_refuse_log(addr, "max_connections of the listener reached");
+            continue;
+        }
+        ci = pool_take(&g.p_conn);
+        if (ci == NIL) {
+            close(fd);
+            lsn_refuse_log(addr, "max_connections reached");
+            continue;
+        }
+        if (fcntl(fd, F_SETFL, O_NONBLOCK) < 0 ||
+            fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+            close(fd);
+            pool_give(&g.p_conn, ci);
+            continue;
+        }
+        if (!l->is_unix)
+            (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        c = &g.conns[ci];
+        memset(c, 0, sizeof *c);
+        c->fd = fd;
+        c->state = CONN_NEW;
+        c->lsn = ls->lsn;
+        c->sess = c->will = c->resend = NIL;
+        c->deadline_ms = g.now + g.cfg.connect_timeout * 1000;
+        memcpy(c->addr, addr, sizeof addr);
+        g.pfd[g.n_ls + ci].fd = fd;
+        g.pfd[g.n_ls + ci].events = POLLIN;
+        g.pfd[g.n_ls + ci].revents = 0;
+        if (ci + 1 > g.conn_hwm) {
+            g.conn_hwm = ci + 1;
+            g.n_pfd = g.n_ls + g.conn_hwm;
+        }
+        l->n_conns++;
+        g.conns_total++;
+        if (g.cfg.connection_messages)
+            log_at(LOG_T_NOTICE, "New connection from %s on port %u.", addr,
+                   l->port);
+    }
+}
+
+/* Closes connections past a deadline: CONNECT not in time, or no packet
+ * for 1.5 x keepalive. Also drops expired offline sessions. */
+static void
+loop_expire(void)
+{
+    uint32_t i;
+
+    for (i = 0; i < g.conn_hwm; i++) {
+        struct conn *c = &g.conns[i];
+        int n;
+        const char *id;
+        if (c->state != CONN_NEW && c->state != CONN_ONLINE) continue;
+        if (!c->deadline_ms || g.now < c->deadline_ms) continue;
+        id = conn_id(c, &n);
+        if (g.cfg.connection_messages) {
+            if (c->state == CONN_NEW)
+                log_at(LOG_T_NOTICE,
+                       "Client <unknown> from %s disconnected: no CONNECT in "
+                       "%lld s.",
+                       c->addr, (long long)g.cfg.connect_timeout);
+            else
+                log_at(LOG_T_NOTICE,
+                       "Client " ID_FMT " has exceeded timeout, "
+                       "disconnecting.",
+                       n, id);
+        }
+        conn_close(c, CF_WILL | CF_QUIET);
+    }
+    if (g.cfg.persistent_client_expiration)
+        for (i = 0; i < g.p_sess.cap; i++) {
+            struct sess *s = &g.sess[i];
+            if (g.p_sess.next[i] != NIL || s->conn != NIL || !s->expire_ms)
+                continue;
+            if (g.now >= s->expire_ms) {
+                int n;
+                const char *id = sess_id(i, &n);
+                log_at(LOG_T_NOTICE,
+                       "Expiring client " ID_FMT
+                       " due to timeout (persistent_client_expiration).",
+                       n, id);
+                sess_free(i);
+            }
+        }
+}
+
+static void
+loop_unthrottle(void)
+{
+    uint32_t i;
+
+    if (!g.throttled || g.st.used > g.st.size / 4 * 3) return;
+    for (i = 0; i < g.conn_hwm; i++)
+        if (g.conns[i].flags & CF_THROTTLED) {
+            g.conns[i].flags &= (uint8_t)~CF_THROTTLED;
+            g.pfd[g.n_ls + i].events |= POLLIN;
+        }
+    g.throttled = 0;
+}
+
+static void
+sys_pub(const char *topic, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+sys_pub(const char *topic, const char *fmt, ...)
+{
+    char v[64];
+    va_list ap;
+    int k;
+
+    va_start(ap, fmt);
+    k = vsnprintf(v, sizeof v, fmt, ap);
+    va_end(ap);
+    if (k < 0) return;
+    route_new(topic, (const uint8_t *)v, strlen(v), 0, 1);
+}
+
+/* $SYS/broker/...: Mosquitto's topics, retained, every sys_interval. */
+static void
+sys_publish(void)
+{
+    unsigned long long up = (unsigned long long)(g.now - g.start_ms) / 1000;
+
+    sys_pub("$SYS/broker/version", "mqttpx version %s", MQX_VERSION);
+    sys_pub("$SYS/broker/uptime", "%llu seconds", up);
+    sys_pub("$SYS/broker/clients/connected", "%u", g.n_online);
+    sys_pub("$SYS/broker/clients/active", "%u", g.n_online);
+    sys_pub("$SYS/broker/clients/total", "%u", g.p_sess.used);
+    sys_pub("$SYS/broker/clients/disconnected", "%u",
+            g.p_sess.used - g.n_online);
+    sys_pub("$SYS/broker/clients/maximum", "%u", g.peak_online);
+    sys_pub("$SYS/broker/messages/received", "%llu",
+            (unsigned long long)g.msgs_rx);
+    sys_pub("$SYS/broker/messages/sent", "%llu",
+            (unsigned long long)g.msgs_tx);
+    sys_pub("$SYS/broker/publish/messages/dropped", "%llu",
+            (unsigned long long)g.pub_dropped);
+    sys_pub("$SYS/broker/bytes/received", "%llu",
+            (unsigned long long)g.bytes_rx);
+    sys_pub("$SYS/broker/bytes/sent", "%llu", (unsigned long long)g.bytes_tx);
+    sys_pub("$SYS/broker/retained messages/count", "%u", g.n_retained);
+    sys_pub("$SYS/broker/subscriptions/count", "%u", g.n_subs);
+    sys_pub("$SYS/broker/connections/refused", "%llu",
+            (unsigned long long)g.conns_refused);
+    sys_pub("$SYS/broker/memory/budget", "%zu", g.arena_size);
+    sys_pub("$SYS/broker/memory/store/used", "%zu", g.st.used);
+    sys_pub("$SYS/broker/memory/store/size", "%zu", g.st.size);
+    sys_pub("$SYS/broker/heap/current", "%zu", g.arena_off);
+}
+
+static void
+loop_signal(int sig)
+{
+    int e = errno;
+    char b = 0;
+
+    if (sig == SIGHUP)
+        g.sig_hup = 1;
+    else
+        g.sig_quit = 1;
+    (void)write(g.wake[1], &b, 1);
+    errno = e;
+}
+
+static int
+loop_timeout(void)
+{
+    int64_t t = g.next_scan_ms - g.now;
+
+    if (g.cfg.sys_interval && g.next_sys_ms - g.now < t)
+        t = g.next_sys_ms - g.now;
+    if (g.n_dirty) t = 0;
+    if (t < 0) t = 0;
+    if (t > 1000) t = 1000;
+    return (int)t;
+}
+
+/* The wake pipe sits after the listeners: pfd[n_ls - 1] is the pipe. */
+static void
+loop_run(void)
+{
+    while (!g.sig_quit) {
+        uint32_t i;
+        int n = poll(g.pfd, g.n_pfd, loop_timeout());
+
+        if (n < 0 && errno != EINTR) {
+            log_sys(LOG_T_ERR, "poll");
+            break;
+        }
+        g.now = now_ms();
+        if (g.sig_hup) {
+            g.sig_hup = 0;
+            log_at(LOG_T_NOTICE, "Received SIGHUP: nothing to reload yet.");
+        }
+        if (n > 0) {
+            for (i = 0; i < g.n_ls; i++) {
+                if (!g.pfd[i].revents) continue;
+                if (g.ls[i].fd == g.wake[0]) {
+                    char b[64];
+                    while (read(g.wake[0], b, sizeof b) > 0)
+                        ;
+                } else {
+                    lsn_accept(&g.ls[i]);
+                }
+            }
+            for (i = 0; i < g.conn_hwm; i++) {
+                struct pollfd *pf = &g.pfd[g.n_ls + i];
+                struct conn *c = &g.conns[i];
+                short re = pf->revents;
+                if (!re || pf->fd < 0) continue;
+                pf->revents = 0;
+                if (c->state == CONN_CLOSING) continue;
+                if (re & POLLOUT) {
+                    if (conn_write(c)) {
+                        conn_close(c, CF_WILL | CF_QUIET);
+                        continue;
+                    }
+                    if (!(c->flags & CF_POLLOUT)) conn_dirty(c);
+                }
+                if (re & (POLLIN | POLLHUP | POLLERR)) loop_read(c);
+            }
+        }
+        if (g.now >= g.next_scan_ms) {
+            loop_expire();
+            g.next_scan_ms = g.now + MQX_SCAN_MS;
+        }
+        if (g.cfg.sys_interval && g.now >= g.next_sys_ms) {
+            sys_publish();
+            g.next_sys_ms = g.now + g.cfg.sys_interval * 1000;
+        }
+        conn_flush_all();
+        loop_unthrottle();
+    }
+}
+
+/* Opens the sockets of one listener; dies on failure (start-up only). */
+static void
+lsn_open(uint8_t li)
+{
+    struct listener *l = &g.cfg.lsn[li];
+    struct addrinfo hints, *res, *ai;
+    char port[8];
+    int rc, opened = 0;
+
+    if (l->is_unix) {
+        struct sockaddr_un sun;
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (fd < 0) die("socket: %s", strerror(errno));
+        memset(&sun, 0, sizeof sun);
+        sun.sun_family = AF_UNIX;
+        memcpy(sun.sun_path, l->bind, strlen(l->bind));
+        (void)unlink(l->bind);
+        if (bind(fd, (struct sockaddr *)&sun, sizeof sun) < 0 ||
+            listen(fd, 128) < 0)
+            die("%s:%d: listener %s: %s", l->file, l->line, l->bind,
+                strerror(errno));
+        if (g.n_ls >= MQX_MAX_LSOCKS) die("too many listening sockets");
+        (void)fcntl(fd, F_SETFL, O_NONBLOCK);
+        (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+        g.ls[g.n_ls].fd = fd;
+        g.ls[g.n_ls++].lsn = li;
+        log_at(LOG_T_NOTICE, "Opening unix listen socket on %s.", l->bind);
+        return;
+    }
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(port, sizeof port, "%u", l->port);
+    rc = getaddrinfo(l->bind[0] ? l->bind : NULL, port, &hints, &res);
+    if (rc)
+        die("%s:%d: listener %u %s: %s", l->file, l->line, l->port, l->bind,
+            gai_strerror(rc));
+    for (ai = res; ai; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype, 0), one = 1;
+        if (fd < 0) {
+            if (ai->ai_family == AF_INET6 && !l->bind[0]) continue;
+            die("socket: %s", strerror(errno));
+        }
+        (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (ai->ai_family == AF_INET6)
+            (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0) {
+            if (ai->ai_family == AF_INET6 && !l->bind[0]) {
+                close(fd); /* no IPv6 here: IPv4 alone will do */
+                continue;
+            }
+            die("%s:%d: listener %u %s: %s", l->file, l->line, l->port,
+                l->bind, strerror(errno));
+        }
+        if (g.n_ls >= MQX_MAX_LSOCKS) die("too many listening sockets");
+        (void)fcntl(fd, F_SETFL, O_NONBLOCK);
+        (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+        g.ls[g.n_ls].fd = fd;
+        g.ls[g.n_ls++].lsn = li;
+        opened++;
+        log_at(LOG_T_NOTICE, "Opening %s listen socket on port %u.",
+               ai->ai_family == AF_INET6 ? "ipv6" : "ipv4", l->port);
+    }
+    freeaddrinfo(res);
+    if (!opened)
+        die("%s:%d: listener %u: no address to bind", l->file, l->line,
+            l->port);
+}
+
+/* ==== [16] main(): options, config, privileges, run ==== */
+
+/* Sizes every pool from the config; with `take` set, allocates the arena
+ * and lays the pools out. Returns the budget in bytes. */
+static size_t
+arena_plan(int take, char *line, size_t cap)
+{
+    const struct cfg *c = &g.cfg;
+    uint64_t conns = (uint64_t)c->max_connections;
+    uint64_t sess = (uint64_t)c->max_sessions;
+    uint64_t subs = (uint64_t)c->max_subscriptions;
+    uint64_t nodes = (uint64_t)c->max_topic_nodes;
+    uint64_t qents = (uint64_t)c->max_queued_total;
+    uint64_t msgs = qents + (uint64_t)c->max_retained_messages + conns + 64;
+    uint64_t store = (uint64_t)c->message_store_bytes, top = 65536, ht = 1,
+             sht = 1;
+    uint64_t per_conn = sizeof(struct conn) + sizeof(struct pollfd) + 8;
+    size_t total = 0;
+
+    while (top < (uint64_t)c->max_packet_size + 64) top <<= 1;
+    store = (store + top - 1) / top * top;
+    if (msgs > store / MQX_STORE_MIN) msgs = store / MQX_STORE_MIN;
+    while (ht < nodes * 2) ht <<= 1;
+    while (sht < sess) sht <<= 1;
+#define PLAN(n, sz) (total += align_up((size_t)((n) * (sz)), 16))
+    PLAN(conns, sizeof(struct conn) + 8);
+    PLAN(MQX_MAX_LSOCKS + conns, sizeof(struct pollfd));
+    PLAN(conns, sizeof(uint32_t)); /* dirty list */
+    PLAN(sess, sizeof(struct sess) + 8);
+    PLAN(sess, sizeof(uint32_t)); /* match list */
+    PLAN(subs, sizeof(struct sub) + 8);
+    PLAN(nodes, sizeof(struct node) + 8);
+    PLAN(msgs, sizeof(struct msg) + 8);
+    PLAN(qents, sizeof(struct qent) + 8);
+    PLAN(ht, sizeof(uint32_t));
+    PLAN(sht, sizeof(uint32_t));
+    PLAN(1, MQX_SCRATCH);
+    PLAN(store / MQX_STORE_MIN, 1);
+    PLAN(store, 1);
+    total += 16 * 16; /* alignment slack of the pools */
+#undef PLAN
+    if (line)
+        snprintf(line, cap,
+                 "memory: %.1f MiB (%llu connections x %llu B, %llu sessions "
+                 "x %zu B, %llu subscriptions x %zu B, %llu topic nodes x "
+                 "%zu B, %llu messages x %zu B, %llu deliveries x %zu B, "
+                 "message store %.1f MiB)",
+                 (double)total / 1048576, (unsigned long long)conns,
+                 (unsigned long long)per_conn, (unsigned long long)sess,
+                 sizeof(struct sess) + 12, (unsigned long long)subs,
+                 sizeof(struct sub) + 8, (unsigned long long)nodes,
+                 sizeof(struct node) + 16, (unsigned long long)msgs,
+                 sizeof(struct msg) + 8, (unsigned long long)qents,
+                 sizeof(struct qent) + 8, (double)store / 1048576);
+    if (!take) return total;
+    g.arena = calloc(1, total);
+    if (!g.arena) die("cannot allocate %zu bytes", total);
+    g.arena_size = total;
+    g.conns = arena_take((size_t)conns * sizeof(struct conn));
+    pool_init(&g.p_conn, "connections", g.conns, sizeof(struct conn),
+              (uint32_t)conns);
+    g.pfd = arena_take((size_t)(MQX_MAX_LSOCKS + conns) *
+                       sizeof(struct pollfd));
+    g.dirty = arena_take((size_t)conns * sizeof(uint32_t));
+    g.sess = arena_take((size_t)sess * sizeof(struct sess));
+    pool_init(&g.p_sess, "sessions", g.sess, sizeof(struct sess),
+              (uint32_t)sess);
+    g.match = arena_take((size_t)sess * sizeof(uint32_t));
+    g.subs = arena_take((size_t)subs * sizeof(struct sub));
+    pool_init(&g.p_sub, "subscriptions", g.subs, sizeof(struct sub),
+              (uint32_t)subs);
+    g.nodes = arena_take((size_t)nodes * sizeof(struct node));
+    pool_init(&g.p_node, "topic nodes", g.nodes, sizeof(struct node),
+              (uint32_t)nodes);
+    g.msgs = arena_take((size_t)msgs * sizeof(struct msg));
+    pool_init(&g.p_msg, "messages", g.msgs, sizeof(struct msg),
+              (uint32_t)msgs);
+    g.qents = arena_take((size_t)qents * sizeof(struct qent));
+    pool_init(&g.p_qent, "deliveries", g.qents, sizeof(struct qent),
+              (uint32_t)qents);
+    g.node_ht = arena_take((size_t)ht * sizeof(uint32_t));
+    g.node_ht_mask = (uint32_t)ht - 1;
+    memset(g.node_ht, 0xff, (size_t)ht * sizeof(uint32_t));
+    g.sess_ht = arena_take((size_t)sht * sizeof(uint32_t));
+    g.sess_ht_mask = (uint32_t)sht - 1;
+    memset(g.sess_ht, 0xff, (size_t)sht * sizeof(uint32_t));
+    g.scratch = arena_take(MQX_SCRATCH);
+    {
+        uint8_t *base;
+        /* the tag array is taken inside st_init, the region here */
+        base = g.arena + g.arena_off + align_up((size_t)(store / MQX_STORE_MIN), 16);
+        base = (uint8_t *)align_up((size_t)base, 64);
+        st_init(base, (size_t)store, (size_t)top);
+        g.arena_off = (size_t)(base - g.arena) + (size_t)store;
+        if (g.arena_off > g.arena_size) die("arena plan is short");
+    }
+    return total;
+}
+
+/* The root of the topic tree is node 0 and never pruned. */
+static void
+tree_init(void)
+{
+    uint32_t r = pool_take(&g.p_node);
+    struct node *x = &g.nodes[r];
+
+    assert(r == 0);
+    memset(x, 0, sizeof *x);
+    x->parent = x->child = x->sibling = x->prev_sibling = NIL;
+    x->subs = x->retained = NIL;
+    x->name = NIL;
+}
+
+static void
+usage(void)
+{
+    printf("mqttpx version %s: an MQTT 3.1/3.1.1 broker\n\n"
+           "Usage: mqttpx [-c config_file] [-d] [-h] [-p port] [-t] [-v]\n\n"
+           " -c : read the config from a file (Mosquitto's format).\n"
+           " -d : run in the background.\n"
+           " -h : show this help.\n"
+           " -p : listen on this port (without -c: on 127.0.0.1 only).\n"
+           " -t : test the config, print the memory budget, exit.\n"
+           " -v : verbose: log_type all.\n",
+           MQX_VERSION);
+}
+
+static void
+drop_privileges(void)
+{
+    struct passwd *pw;
+
+    if (geteuid() != 0 || strcmp(g.cfg.user, "root") == 0) return;
+    pw = getpwnam(g.cfg.user);
+    if (!pw) {
+        log_at(LOG_T_WARN, "user '%s' does not exist: staying root.",
+               g.cfg.user);
+        return;
+    }
+    if (initgroups(pw->pw_name, pw->pw_gid) || setgid(pw->pw_gid) ||
+        setuid(pw->pw_uid))
+        die("cannot drop privileges to '%s': %s", g.cfg.user,
+            strerror(errno));
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *cfg_path = NULL;
+    char budget[512];
+    int test = 0, verbose = 0, daemonize = 0, i;
+    const char *ports[8];
+    int n_ports = 0;
+    uint32_t li;
+    struct sigaction sa;
+
+    cfg_defaults(&g.cfg);
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+            cfg_path = argv[++i];
+        else if (strcmp(argv[i], "-p") == 0 && i + 1 < argc &&
+                 n_ports < (int)(sizeof ports / sizeof ports[0]))
+            ports[n_ports++] = argv[++i];
+        else if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--verbose") == 0)
+            verbose = 1;
+        else if (strcmp(argv[i], "-d") == 0 || strcmp(argv[i], "--daemon") == 0)
+            daemonize = 1;
+        else if (strcmp(argv[i], "-t") == 0 ||
+                 strcmp(argv[i], "--test-config") == 0)
+            test = 1;
+        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage();
+            return 0;
+        } else {
+            fprintf(stderr, "Error: unknown option '%s'.\n", argv[i]);
+            usage();
+            return 1;
+        }
+    }
+    if (cfg_path && cfg_parse_file(&g.cfg, cfg_path, 0))
+        die("%s", g.cfg.err);
+    for (i = 0; i < n_ports; i++)
+        if (cfg_listener(&g.cfg, "-p", 0, ports[i],
+                         cfg_path ? NULL : "127.0.0.1"))
+            die("%s", g.cfg.err);
+    if (g.cfg.n_lsn == 0) { /* Mosquitto's local-only mode */
+        cfg_listener(&g.cfg, "(default)", 0, "1883", "127.0.0.1");
+        if (g.cfg.allow_anonymous < 0) g.cfg.allow_anonymous = 1;
+    }
+    if (!cfg_path && g.cfg.allow_anonymous < 0) g.cfg.allow_anonymous = 1;
+    if (g.cfg.allow_anonymous < 0) g.cfg.allow_anonymous = 0;
+    if (verbose) g.cfg.log_type = LOG_T_ALL;
+    if (cfg_finish(&g.cfg)) die("%s", g.cfg.err);
+    g.arena_size = arena_plan(0, budget, sizeof budget);
+    if (g.cfg.memory_limit && g.arena_size > (uint64_t)g.cfg.memory_limit)
+        die("memory budget %zu bytes exceeds memory_limit %lld", g.arena_size,
+            (long long)g.cfg.memory_limit);
+    if (test) {
+        printf("%s\nconfiguration OK\n", budget);
+        return 0;
+    }
+    g.log_fd = g.syslog_fd = -1;
+    if (g.cfg.log_dest & LOG_D_FILE) {
+        g.log_fd = open(g.cfg.log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+                        0640);
+        if (g.log_fd < 0) die("log_dest file %s: %s", g.cfg.log_file,
+                              strerror(errno));
+    }
+    if (g.cfg.log_dest & LOG_D_SYSLOG) {
+        struct sockaddr_un sun;
+        memset(&sun, 0, sizeof sun);
+        sun.sun_family = AF_UNIX;
+        strcpy(sun.sun_path, "/dev/log");
+        g.syslog_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (g.syslog_fd >= 0 &&
+            connect(g.syslog_fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
+            close(g.syslog_fd);
+            g.syslog_fd = -1;
+        }
+    }
+    tzset();
+    g.now = g.start_ms = now_ms();
+    log_at(LOG_T_NOTICE, "mqttpx version %s starting", MQX_VERSION);
+    arena_plan(1, budget, sizeof budget);
+    tree_init();
+    log_at(LOG_T_INFO, "%s", budget);
+    for (li = 0; li < g.cfg.n_lsn; li++) lsn_open((uint8_t)li);
+    if (pipe(g.wake) < 0) die("pipe: %s", strerror(errno));
+    (void)fcntl(g.wake[0], F_SETFL, O_NONBLOCK);
+    (void)fcntl(g.wake[1], F_SETFL, O_NONBLOCK);
+    g.ls[g.n_ls].fd = g.wake[0];
+    g.ls[g.n_ls++].lsn = 0;
+    for (li = 0; li < g.n_ls; li++) {
+        g.pfd[li].fd = g.ls[li].fd;
+        g.pfd[li].events = POLLIN;
+    }
+    for (li = 0; li < g.p_conn.cap; li++) {
+        g.pfd[g.n_ls + li].fd = -1;
+        g.conns[li].fd = -1;
+    }
+    g.n_pfd = g.n_ls;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = loop_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    drop_privileges();
+    if (daemonize && daemon(0, 0) < 0) die("daemon: %s", strerror(errno));
+    if (g.cfg.pid_file[0]) {
+        FILE *f = fopen(g.cfg.pid_file, "w");
+        if (!f) die("pid_file %s: %s", g.cfg.pid_file, strerror(errno));
+        fprintf(f, "%ld\n", (long)getpid());
+        fclose(f);
+    }
+    g.sealed = 1;
+    g.next_scan_ms = g.now + MQX_SCAN_MS;
+    g.next_sys_ms = g.now;
+    {
+        char where[512];
+        size_t off = 0;
+        for (li = 0; li < g.cfg.n_lsn && off < sizeof where - 80; li++) {
+            const struct listener *l = &g.cfg.lsn[li];
+            int k = l->is_unix ? snprintf(where + off, sizeof where - off,
+                                          "%s%s", li ? ", " : "", l->bind)
+                               : snprintf(where + off, sizeof where - off,
+                                          "%s%s%s%s:%u", li ? ", " : "",
+                                          strchr(l->bind, ':') ? "[" : "",
+                                          l->bind[0] ? l->bind : "*",
+                                          strchr(l->bind, ':') ? "]" : "",
+                                          l->port);
+            if (k > 0) off += (size_t)k;
+        }
+        where[off] = '\0';
+        log_at(LOG_T_NOTICE, "mqttpx version %s running, listening on %s",
+               MQX_VERSION, where);
+    }
+    loop_run();
+    log_at(LOG_T_NOTICE, "mqttpx version %s terminating", MQX_VERSION);
+    for (li = 0; li < g.cfg.n_lsn; li++)
+        if (g.cfg.lsn[li].is_unix) (void)unlink(g.cfg.lsn[li].bind);
+    if (g.cfg.pid_file[0]) (void)unlink(g.cfg.pid_file);
+    return 0;
+}

@@ -1,0 +1,296 @@
+#!/bin/sh
+# tests/cross/run.sh [--build-only] ARCH...: build mqttpx and tests/unit.c
+# statically against musl + mbedTLS for each ARCH (mips mipsel armhf aarch64),
+# run the unit tests under qemu-ARCH-static, then a black-box smoke test of
+# the cross-built broker from the host (mosquitto_pub/sub, python3).
+# Needs the libraries from tests/cross/deps.sh. Outputs land in
+# .cache/cross/ARCH/out/:
+#
+#   mqttpx-tls-2.28  mqttpx-tls-3.6  mqttpx-notls    the broker
+#   unit-tls-2.28    unit-tls-3.6    unit-notls      the unit runner
+#
+# Env (all optional):
+#   DEFS           -D flags for both (MQX_ ceilings, ...)
+#   CFLAGS_EXTRA   more compiler flags (-Werror, -g, ...)
+#   LDFLAGS_EXTRA  more linker flags
+#   CROSS_MBEDTLS  mbedTLS branches for the TLS builds (default "2.28 3.6";
+#                  the first one is smoke-tested, the no-TLS build links its
+#                  libmbedcrypto)
+#   MQTTPX_SRC, UNIT_SRC   sources (default mqttpx.c, tests/unit.c)
+#   UNIT_TIMEOUT   seconds per unit run under qemu (default 600)
+set -eu
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
+
+BUILD_ONLY=0
+if [ "${1:-}" = --build-only ]; then
+    BUILD_ONLY=1
+    shift
+fi
+[ $# -gt 0 ] || die "usage: $0 [--build-only] ARCH... (of: $ALL_ARCHES)"
+for a in "$@"; do arch_triplet "$a" >/dev/null || exit 2; done
+
+DEFS=${DEFS:-}
+CFLAGS_EXTRA=${CFLAGS_EXTRA:-}
+LDFLAGS_EXTRA=${LDFLAGS_EXTRA:-}
+CROSS_MBEDTLS=${CROSS_MBEDTLS:-2.28 3.6}
+MQTTPX_SRC=${MQTTPX_SRC:-$ROOT/mqttpx.c}
+UNIT_SRC=${UNIT_SRC:-$ROOT/tests/unit.c}
+UNIT_TIMEOUT=${UNIT_TIMEOUT:-600}
+PY=$(command -v /usr/bin/python3 || command -v python3)
+[ -f "$MQTTPX_SRC" ] || die "no $MQTTPX_SRC"
+[ -f "$UNIT_SRC" ] || die "no $UNIT_SRC"
+
+T0=$(date +%s)
+n_pass=0
+n_fail=0
+n_skip=0
+ok() { n_pass=$((n_pass + 1)); log "PASS $*"; }
+bad() { n_fail=$((n_fail + 1)); log "FAIL $*"; }
+
+# ---- build -------------------------------------------------------------
+# compile ARCH OUT SRC TLS VER: the documented build line; TLS=0 defines
+# MQX_TLS=0 and links only libmbedcrypto (hashes). Output to OUT.log.
+compile()
+{
+    mbed=$XDIR/$1/mbedtls-$5
+    [ -f "$XDIR/$1/.mbedtls-$5-done" ] ||
+        die "no mbedtls $5 for $1: run tests/cross/deps.sh $1"
+    if [ "$4" = 1 ]; then
+        tls="" libs="-lmbedtls -lmbedx509 -lmbedcrypto"
+    else
+        tls="-DMQX_TLS=0" libs="-lmbedcrypto"
+    fi
+    cc=$(arch_cc "$1")
+    lf=$2.log
+    # shellcheck disable=SC2086 # CC, DEFS and the flag lists are word lists
+    set -- $cc -std=c11 -Os $DEFS $tls $CFLAGS_EXTRA \
+        -I"$mbed/include" "$3" -o "$2" -L"$mbed/lib" $libs -static \
+        $LDFLAGS_EXTRA
+    echo "$*" >"$lf"
+    "$@" >>"$lf" 2>&1
+}
+
+# build_arch ARCH: every variant, two compilers at a time (JOBS)
+build_arch()
+{
+    out=$XDIR/$1/out
+    mkdir -p "$out"
+    rm -f "$out"/mqttpx-* "$out"/unit-*
+    first=${CROSS_MBEDTLS%% *}
+    jobs=""
+    for v in notls $CROSS_MBEDTLS; do
+        if [ "$v" = notls ]; then t=0 mv=$first; else t=1 mv=$v; fi
+        for what in mqttpx unit; do
+            if [ $what = mqttpx ]; then src=$MQTTPX_SRC; else src=$UNIT_SRC; fi
+            case $v in notls) o=$out/$what-notls ;; *) o=$out/$what-tls-$v ;; esac
+            compile "$1" "$o" "$src" $t "$mv" &
+            jobs="$jobs $!:$o"
+            if [ "$(echo "$jobs" | wc -w)" -ge "$JOBS" ]; then
+                reap_jobs "$1"
+                jobs=""
+            fi
+        done
+    done
+    reap_jobs "$1"
+}
+
+# reap_jobs ARCH: wait for $jobs (pid:output pairs), report each
+reap_jobs()
+{
+    for j in $jobs; do
+        if wait "${j%%:*}"; then
+            ok "$1 build $(basename "${j#*:}")"
+            # warnings, if any, are worth seeing
+            [ "$(wc -l <"${j#*:}.log")" -le 1 ] || sed 1d "${j#*:}.log" >&2
+        else
+            bad "$1 build $(basename "${j#*:}")"
+            cat "${j#*:}.log" >&2
+        fi
+    done
+}
+
+# ---- unit tests under qemu ---------------------------------------------
+# unit_arch ARCH: run every unit binary that built; it ends with
+# "N passed, N failed" and exits non-zero on failure.
+unit_arch()
+{
+    q=$(arch_qemu "$1")
+    for u in "$XDIR/$1/out"/unit-*; do
+        case $u in *.log) continue ;; esac
+        [ -x "$u" ] || continue
+        t=$(date +%s)
+        if (cd "$ROOT/tests" && timeout "$UNIT_TIMEOUT" "$q" "$u") \
+            >"$u.run" 2>&1; then
+            ok "$1 $(basename "$u"): $(tail -n 1 "$u.run") ($(($(date +%s) - t)) s)"
+        else
+            bad "$1 $(basename "$u") (exit $?)"
+            tail -n 40 "$u.run" >&2
+        fi
+    done
+}
+
+# ---- black-box smoke test ----------------------------------------------
+free_port()
+{
+    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+
+# wait_for FILE TEXT SECONDS [PID]: until FILE has TEXT; false on timeout
+# or when PID has exited
+wait_for()
+{
+    i=0
+    while [ $i -lt $(($3 * 10)) ]; do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        if [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null; then return 1; fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+    return 1
+}
+
+# PROXY v2 header (127.0.0.5:40000 -> 127.0.0.1:PORT) + CONNECT (3.1.1,
+# clean session, empty client id); prints the reply, exits 0 on CONNACK
+# 20 02 00 00. With "noheader", sends CONNECT alone and exits 0 when the
+# broker closes without a CONNACK, as a PROXY listener must.
+PROXY_PY='
+import socket, struct, sys, time
+port, mode = int(sys.argv[1]), sys.argv[2]
+hdr = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", 12)
+       + socket.inet_aton("127.0.0.5") + socket.inet_aton("127.0.0.1")
+       + struct.pack("!HH", 40000, port))
+connect = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 0])
+end = time.time() + 10
+while True:
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        break
+    except ConnectionRefusedError:
+        if time.time() > end:
+            raise
+        time.sleep(0.1)
+s.sendall((hdr if mode == "header" else b"") + connect)
+got = b""
+try:
+    while len(got) < 4:
+        b = s.recv(4 - len(got))
+        if not b:
+            break
+        got += b
+except (ConnectionResetError, socket.timeout) as e:
+    print(type(e).__name__)
+print("reply:", got.hex(" ") or "(none, closed)")
+if mode == "header":
+    sys.exit(0 if got == bytes([0x20, 2, 0, 0]) else 1)
+sys.exit(0 if not got.startswith(b"\x20") else 1)
+'
+
+# smoke ARCH BIN: start BIN under qemu on free 127.0.0.1 ports, pub/sub
+# through it, optionally the PROXY v2 listener, then SIGTERM.
+smoke()
+{
+    q=$(arch_qemu "$1")
+    b=$2
+    tmp=$(mktemp -d)
+    p1=$(free_port)
+    p2=$(free_port)
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$p1" >"$tmp/plain.conf"
+    cp "$tmp/plain.conf" "$tmp/proxy.conf"
+    printf 'listener %s 127.0.0.1\nenable_proxy_protocol 2\n' "$p2" >>"$tmp/proxy.conf"
+    # the PROXY v2 part runs once the broker's config test accepts it
+    proxy=0
+    conf=$tmp/plain.conf
+    if timeout 60 "$q" "$b" -t -c "$tmp/proxy.conf" >"$tmp/t.log" 2>&1; then
+        proxy=1
+        conf=$tmp/proxy.conf
+    fi
+
+    "$q" "$b" -c "$conf" -v 2>"$tmp/broker.log" &
+    bpid=$!
+    if ! wait_for "$tmp/broker.log" "listening on" 30 $bpid; then
+        bad "$1 smoke: no 'listening on' from $(basename "$b")"
+        cat "$tmp/broker.log" >&2
+        kill -KILL $bpid 2>/dev/null || true
+        rm -rf "$tmp"
+        return 0
+    fi
+
+    mosquitto_sub -h 127.0.0.1 -p "$p1" -t smoke/t -C 1 -W 20 -d \
+        >"$tmp/sub.out" 2>&1 &
+    spid=$!
+    if wait_for "$tmp/sub.out" "received SUBACK" 20 $spid &&
+        mosquitto_pub -h 127.0.0.1 -p "$p1" -t smoke/t -m hello \
+            >"$tmp/pub.out" 2>&1 &&
+        wait $spid && grep -qx hello "$tmp/sub.out"; then
+        ok "$1 smoke: pub/sub through $(basename "$b")"
+    else
+        bad "$1 smoke: pub/sub through $(basename "$b")"
+        kill $spid 2>/dev/null || true
+        cat "$tmp/sub.out" "$tmp/pub.out" "$tmp/broker.log" >&2
+    fi
+
+    if [ $proxy = 1 ]; then
+        if "$PY" -c "$PROXY_PY" "$p2" header >"$tmp/px.out" 2>&1; then
+            ok "$1 smoke: PROXY v2 + CONNECT -> CONNACK 20 02 00 00"
+        else
+            bad "$1 smoke: PROXY v2 + CONNECT: $(tail -n 1 "$tmp/px.out")"
+            cat "$tmp/px.out" "$tmp/broker.log" >&2
+        fi
+        if "$PY" -c "$PROXY_PY" "$p2" noheader >"$tmp/px.out" 2>&1; then
+            ok "$1 smoke: PROXY listener refuses CONNECT without header"
+        else
+            bad "$1 smoke: PROXY listener without header: $(tail -n 1 "$tmp/px.out")"
+            cat "$tmp/broker.log" >&2
+        fi
+        grep -q '127\.0\.0\.5' "$tmp/broker.log" ||
+            log "note: $1 broker log does not name the PROXY source 127.0.0.5"
+    else
+        n_skip=$((n_skip + 1))
+        log "SKIP $1 smoke: PROXY v2 (config test rejects enable_proxy_protocol: $(tail -n 1 "$tmp/t.log"))"
+    fi
+
+    kill -TERM $bpid
+    i=0
+    while kill -0 $bpid 2>/dev/null && [ $i -lt 100 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    if kill -0 $bpid 2>/dev/null; then
+        kill -KILL $bpid
+        wait $bpid || true
+        bad "$1 smoke: broker ignored SIGTERM for 10 s"
+        cat "$tmp/broker.log" >&2
+    elif wait $bpid; then
+        ok "$1 smoke: SIGTERM, exit 0"
+    else
+        bad "$1 smoke: exit $? after SIGTERM"
+        tail -n 20 "$tmp/broker.log" >&2
+    fi
+    rm -rf "$tmp"
+}
+
+for a in "$@"; do
+    arch_triplet "$a" >/dev/null
+    [ -f "$XDIR/$a/.musl-done" ] || die "no musl for $a: run tests/cross/deps.sh $a"
+    t=$(date +%s)
+    build_arch "$a"
+    log "$a: built in $(($(date +%s) - t)) s"
+    [ $BUILD_ONLY = 1 ] && continue
+    unit_arch "$a"
+    bin=$XDIR/$a/out/mqttpx-tls-${CROSS_MBEDTLS%% *}
+    if [ -x "$bin" ]; then
+        smoke "$a" "$bin"
+    else
+        bad "$a smoke: $(basename "$bin") did not build"
+    fi
+done
+
+log "$* done in $(($(date +%s) - T0)) s"
+if [ $n_skip -gt 0 ]; then
+    echo "cross: $n_pass passed, $n_fail failed, $n_skip skipped"
+else
+    echo "cross: $n_pass passed, $n_fail failed"
+fi
+[ $n_fail = 0 ]
