@@ -325,15 +325,18 @@ class Conn:
 
     def is_open(self, timeout=2.0):
         """PINGREQ round trip: True if PINGRESP came back."""
+        held, self.pending = self.pending, []
         try:
             self.send(PINGREQ_BYTES)
             while True:
                 p = self.recv_packet(timeout)
                 if p.raw == PINGRESP_BYTES:
                     return True
-                self.pending.append(p)
+                held.append(p)
         except (Closed, OSError, Timeout):
             return False
+        finally:
+            self.pending = held + self.pending
 
     def close(self):
         try:

@@ -108,7 +108,7 @@ def test_publish_topic_length_past_end(broker):
     bad_after_connect(b, w.packet(0x30, b"\x00\x09abc"))
 
 
-@pytest.mark.parametrize("first", [0x80, 0x83, 0x8A, 0x92])
+@pytest.mark.parametrize("first", [0x80, 0x83, 0x8A, 0x8F])
 def test_subscribe_bad_flags(broker, first):
     # [MQTT-3.8.1-1] SUBSCRIBE fixed header must be 0x82
     b = broker()

@@ -1,0 +1,639 @@
+/* tests/unit.c: unit tests of mqttpx's pure functions and pools.
+ * mqttpx.c comes first: it sets the feature-test macros. Built with ASan
+ * and UBSan by `make unit`; ends with "N passed, N failed". */
+int mqttpx_main(int argc, char **argv); /* for -Wmissing-prototypes */
+#define main mqttpx_main
+#include "../mqttpx.c"
+#undef main
+
+#include <sys/mman.h>
+
+static int n_pass, n_fail;
+#define CHECK(x)                                                               \
+    ((void)((x) ? n_pass++                                                     \
+                : (n_fail++, printf("%s:%d: %s\n", __FILE__, __LINE__, #x))))
+
+/* Copies bytes so they end right before a PROT_NONE page: an overread
+ * faults even without ASan. */
+static uint8_t *guard_page;
+static size_t guard_size;
+
+static const uint8_t *
+guard(const uint8_t *p, size_t n)
+{
+    uint8_t *dst;
+
+    if (!guard_page) {
+        long pg = sysconf(_SC_PAGESIZE);
+        guard_size = (size_t)pg * 64;
+        guard_page = mmap(NULL, guard_size + (size_t)pg, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (guard_page == MAP_FAILED) abort();
+        if (mprotect(guard_page + guard_size, (size_t)pg, PROT_NONE)) abort();
+    }
+    if (n > guard_size) abort();
+    dst = guard_page + guard_size - n;
+    if (n) memcpy(dst, p, n);
+    return dst;
+}
+
+static size_t
+unhex(const char *h, uint8_t *out)
+{
+    size_t n = 0;
+
+    while (h[0] && h[1]) {
+        unsigned v;
+        if (h[0] == ' ') {
+            h++;
+            continue;
+        }
+        sscanf(h, "%2x", &v); /* test code only */
+        out[n++] = (uint8_t)v;
+        h += 2;
+    }
+    return n;
+}
+
+/* ---- framing ---- */
+
+static void
+test_frame(void)
+{
+    static const struct {
+        const char *hex;
+        int rc;
+        uint8_t type;
+        uint32_t len;
+    } cases[] = {
+        {"c000", MQX_DONE, MQX_PINGREQ, 0},
+        {"e000", MQX_DONE, MQX_DISCONNECT, 0},
+        {"30 05 0001 61 6869", MQX_DONE, MQX_PUBLISH, 5},
+        {"30 80 01", MQX_MORE, 0, 0},          /* needs 128 bytes */
+        {"30 ff ff ff ff", MQX_BAD, 0, 0},     /* 5-byte length [MQTT-2.2.3] */
+        {"30 ff ff ff 7f", MQX_BIG, 0, 0},     /* 256 MB announced */
+        {"00 00", MQX_BAD, 0, 0},              /* type 0 reserved */
+        {"f0 00", MQX_BAD, 0, 0},              /* type 15 (AUTH) not in 3.1.1 */
+    };
+    uint8_t b[64];
+    size_t i, k, n, used;
+    struct mqx_packet pk;
+
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        n = unhex(cases[i].hex, b);
+        CHECK(mqx_mqtt_frame(guard(b, n), n, 4096, &pk, &used) ==
+              cases[i].rc);
+        if (cases[i].rc == MQX_DONE) {
+            CHECK(pk.type == cases[i].type && pk.len == cases[i].len);
+            CHECK(used == n);
+            for (k = 0; k < n; k++) /* every prefix asks for more */
+                CHECK(mqx_mqtt_frame(guard(b, k), k, 4096, &pk, &used) ==
+                      MQX_MORE);
+        }
+    }
+    /* the announced size is refused before the body arrives */
+    n = unhex("30 ff 7f", b);
+    CHECK(mqx_mqtt_frame(guard(b, n), n, 1000, &pk, &used) == MQX_BIG);
+    /* remaining length encodings round trip */
+    {
+        static const uint32_t v[] = {0, 127, 128, 16383, 16384, 2097151,
+                                     2097152, 268435455};
+        for (i = 0; i < sizeof v / sizeof v[0]; i++) {
+            uint32_t rl = 0;
+            b[0] = 0x30;
+            k = mqx_mqtt_enc_rl(b + 1, v[i]);
+            CHECK(k == mqx_mqtt_rl_size(v[i]));
+            CHECK(mqx_mqtt_header(guard(b, k + 1), k + 1, &used, &rl) ==
+                  MQX_DONE);
+            CHECK(rl == v[i] && used == k + 1);
+        }
+    }
+}
+
+/* ---- CONNECT ---- */
+
+static int
+connect_rc(const char *hex, struct mqx_connect *ck)
+{
+    uint8_t b[512];
+    size_t n = unhex(hex, b);
+
+    return mqx_mqtt_connect(guard(b, n), n, ck);
+}
+
+static void
+test_connect(void)
+{
+    struct mqx_connect ck;
+
+    /* 3.1.1, clean, keepalive 60, id "c1" */
+    CHECK(connect_rc("00044d515454 04 02 003c 0002 6331", &ck) == MQX_DONE);
+    CHECK(ck.level == 4 && ck.clean && ck.keepalive == 60);
+    CHECK(ck.client_id.len == 2 && memcmp(ck.client_id.p, "c1", 2) == 0);
+    /* 3.1 MQIsdp level 3 */
+    CHECK(connect_rc("00064d5149736470 03 02 003c 0002 6331", &ck) ==
+          MQX_DONE);
+    CHECK(ck.level == 3);
+    /* level 5 with name MQTT: CONNACK 1 [MQTT-3.1.2-2] */
+    CHECK(connect_rc("00044d515454 05 02 003c 0002 6331", &ck) == MQX_BAD);
+    CHECK(ck.connack == MQX_CONNACK_PROTOCOL);
+    CHECK(connect_rc("00044d515454 03 02 003c 0002 6331", &ck) == MQX_BAD);
+    CHECK(ck.connack == MQX_CONNACK_PROTOCOL);
+    /* wrong protocol name: close without CONNACK */
+    CHECK(connect_rc("00044d515459 04 02 003c 0002 6331", &ck) == MQX_BAD);
+    CHECK(ck.connack == 0);
+    /* [MQTT-3.1.2-3] reserved flag */
+    CHECK(connect_rc("00044d515454 04 03 003c 0002 6331", &ck) == MQX_BAD);
+    CHECK(ck.connack == 0);
+    /* empty id: clean ok, persistent CONNACK 2 [MQTT-3.1.3-8] */
+    CHECK(connect_rc("00044d515454 04 02 003c 0000", &ck) == MQX_DONE);
+    CHECK(connect_rc("00044d515454 04 00 003c 0000", &ck) == MQX_BAD);
+    CHECK(ck.connack == MQX_CONNACK_ID);
+    CHECK(connect_rc("00064d5149736470 03 02 003c 0000", &ck) == MQX_BAD);
+    CHECK(ck.connack == MQX_CONNACK_ID);
+    /* will flags [MQTT-3.1.2-13..15] */
+    CHECK(connect_rc("00044d515454 04 0a 003c 0002 6331", &ck) == MQX_BAD);
+    CHECK(connect_rc("00044d515454 04 22 003c 0002 6331", &ck) == MQX_BAD);
+    CHECK(connect_rc("00044d515454 04 1e 003c 0002 6331 0001 74 0000", &ck) ==
+          MQX_BAD); /* will QoS 3 */
+    CHECK(connect_rc("00044d515454 04 2e 003c 0002 6331 0001 74 0002 6869",
+                     &ck) == MQX_DONE);
+    CHECK(ck.will && ck.will_qos == 1 && ck.will_retain &&
+          ck.will_payload.len == 2);
+    /* will topic with a wildcard */
+    CHECK(connect_rc("00044d515454 04 06 003c 0002 6331 0001 23 0000", &ck) ==
+          MQX_BAD);
+    /* password without username [MQTT-3.1.2-22] */
+    CHECK(connect_rc("00044d515454 04 42 003c 0002 6331 0002 7077", &ck) ==
+          MQX_BAD);
+    /* username and password */
+    CHECK(connect_rc("00044d515454 04 c2 003c 0002 6331 0001 75 0002 7077",
+                     &ck) == MQX_DONE);
+    CHECK(ck.has_user && ck.has_pass && ck.username.len == 1);
+    /* trailing bytes, truncated strings */
+    CHECK(connect_rc("00044d515454 04 02 003c 0002 6331 00", &ck) == MQX_BAD);
+    CHECK(connect_rc("00044d515454 04 02 003c 0003 6331", &ck) == MQX_BAD);
+    CHECK(connect_rc("00044d5154", &ck) == MQX_BAD);
+    /* invalid UTF-8 client id [MQTT-3.1.3-4] */
+    CHECK(connect_rc("00044d515454 04 02 003c 0002 c080", &ck) == MQX_BAD);
+    CHECK(connect_rc("00044d515454 04 02 003c 0002 6300", &ck) == MQX_BAD);
+}
+
+/* ---- PUBLISH, SUBSCRIBE, acks ---- */
+
+static void
+test_publish(void)
+{
+    uint8_t b[256], e[256];
+    struct mqx_publish p;
+    size_t n, k;
+
+    n = unhex("0003 612f62 0007 6869", b);
+    CHECK(mqx_mqtt_publish(0x2, guard(b, n), n, 4, &p) == MQX_DONE);
+    CHECK(p.qos == 1 && p.pid == 7 && p.payload.len == 2);
+    CHECK(p.topic.len == 3);
+    CHECK(mqx_mqtt_publish(0x6, guard(b, n), n, 4, &p) == MQX_BAD); /* qos 3 */
+    CHECK(mqx_mqtt_publish(0x8, guard(b, n), n, 4, &p) == MQX_BAD); /* dup q0 */
+    n = unhex("0003 612f62 0000", b);
+    CHECK(mqx_mqtt_publish(0x2, guard(b, n), n, 4, &p) == MQX_BAD); /* pid 0 */
+    n = unhex("0003 612f23", b);
+    CHECK(mqx_mqtt_publish(0x0, guard(b, n), n, 4, &p) == MQX_BAD); /* # */
+    n = unhex("0000", b);
+    CHECK(mqx_mqtt_publish(0x0, guard(b, n), n, 4, &p) == MQX_BAD); /* empty */
+    n = unhex("0002 eda0", b);
+    CHECK(mqx_mqtt_publish(0x0, guard(b, n), n, 4, &p) == MQX_BAD);
+    n = unhex("0005 612f", b);
+    CHECK(mqx_mqtt_publish(0x0, guard(b, n), n, 4, &p) == MQX_BAD); /* short */
+    /* encode then decode */
+    k = mqx_mqtt_enc_publish(e, (const uint8_t *)"x/y", 3,
+                             (const uint8_t *)"payload", 7, 2, 1, 1, 513);
+    CHECK(k == mqx_mqtt_publish_size(3, 7, 2));
+    {
+        struct mqx_packet pk;
+        size_t used;
+        CHECK(mqx_mqtt_frame(guard(e, k), k, 4096, &pk, &used) == MQX_DONE);
+        CHECK(pk.type == MQX_PUBLISH && pk.flags == 0xd);
+        CHECK(mqx_mqtt_publish(pk.flags, pk.body, pk.len, 4, &p) == MQX_DONE);
+        CHECK(p.qos == 2 && p.retain && p.dup && p.pid == 513);
+        CHECK(p.payload.len == 7 && memcmp(p.payload.p, "payload", 7) == 0);
+    }
+}
+
+static int
+sub_rc(uint8_t type, uint8_t flags, const char *hex, struct mqx_subscribe *s)
+{
+    static uint8_t b[256];
+    struct mqx_packet pk;
+    size_t n = unhex(hex, b);
+
+    pk.type = type;
+    pk.flags = flags;
+    pk.body = guard(b, n);
+    pk.len = (uint32_t)n;
+    return mqx_mqtt_subscribe(&pk, 4, s);
+}
+
+static void
+test_subscribe(void)
+{
+    struct mqx_subscribe s;
+    struct mqx_str f;
+    uint8_t o;
+    size_t off = 0;
+
+    CHECK(sub_rc(MQX_SUBSCRIBE, 2, "000a 0003 612f23 01 0001 2b 02", &s) ==
+          MQX_DONE);
+    CHECK(s.pid == 10 && s.count == 2);
+    CHECK(mqx_mqtt_sub_next(&s, &off, &f, &o) && f.len == 3 && o == 1);
+    CHECK(mqx_mqtt_sub_next(&s, &off, &f, &o) && f.len == 1 && o == 2);
+    CHECK(!mqx_mqtt_sub_next(&s, &off, &f, &o));
+    CHECK(sub_rc(MQX_SUBSCRIBE, 0, "000a 0001 61 00", &s) == MQX_BAD);
+    CHECK(sub_rc(MQX_SUBSCRIBE, 2, "000a", &s) == MQX_BAD); /* no filter */
+    CHECK(sub_rc(MQX_SUBSCRIBE, 2, "000a 0001 61 03", &s) == MQX_BAD);
+    CHECK(sub_rc(MQX_SUBSCRIBE, 2, "000a 0001 61 04", &s) == MQX_BAD);
+    CHECK(sub_rc(MQX_SUBSCRIBE, 2, "000a 0001 61", &s) == MQX_BAD);
+    CHECK(sub_rc(MQX_SUBSCRIBE, 2, "000a 0005 612f232f62 00", &s) == MQX_BAD);
+    CHECK(sub_rc(MQX_SUBSCRIBE, 2, "0000 0001 61 00", &s) == MQX_BAD);
+    CHECK(sub_rc(MQX_UNSUBSCRIBE, 2, "0003 0001 61 0001 62", &s) == MQX_DONE);
+    CHECK(s.count == 2);
+    CHECK(sub_rc(MQX_UNSUBSCRIBE, 0, "0003 0001 61", &s) == MQX_BAD);
+    CHECK(sub_rc(MQX_UNSUBSCRIBE, 2, "0003", &s) == MQX_BAD);
+}
+
+static void
+test_ack(void)
+{
+    uint8_t b[8];
+    struct mqx_packet pk;
+    uint16_t pid;
+
+    pk.body = b;
+    b[0] = 0x12;
+    b[1] = 0x34;
+    pk.len = 2;
+    pk.type = MQX_PUBACK;
+    pk.flags = 0;
+    CHECK(mqx_mqtt_ack(&pk, &pid) == MQX_DONE && pid == 0x1234);
+    pk.type = MQX_PUBREL;
+    CHECK(mqx_mqtt_ack(&pk, &pid) == MQX_BAD); /* [MQTT-3.6.1-1] */
+    pk.flags = 2;
+    CHECK(mqx_mqtt_ack(&pk, &pid) == MQX_DONE);
+    pk.len = 3;
+    CHECK(mqx_mqtt_ack(&pk, &pid) == MQX_BAD);
+    CHECK(mqx_mqtt_enc_ack(b, MQX_PUBREL, 9) == 4 && b[0] == 0x62 &&
+          b[3] == 9);
+    CHECK(mqx_mqtt_enc_connack(b, 1, 5) == 4 && b[0] == 0x20 && b[2] == 1 &&
+          b[3] == 5);
+}
+
+/* ---- topics ---- */
+
+static int
+tm(const char *f, const char *t)
+{
+    return mqx_topic_match((const uint8_t *)f, strlen(f), (const uint8_t *)t,
+                           strlen(t));
+}
+
+static int
+fv(const char *f)
+{
+    return mqx_filter_valid((const uint8_t *)f, strlen(f));
+}
+
+static void
+test_topics(void)
+{
+    CHECK(tm("a/b", "a/b"));
+    CHECK(!tm("a/b", "a/c"));
+    CHECK(tm("a/+", "a/b"));
+    CHECK(!tm("a/+", "a/b/c"));
+    CHECK(tm("a/#", "a/b/c"));
+    CHECK(tm("a/#", "a")); /* [MQTT-4.7.1-2] parent */
+    CHECK(tm("#", "a/b"));
+    CHECK(tm("+/+", "/b"));
+    CHECK(tm("a/+", "a/"));
+    CHECK(!tm("a", "a/b"));
+    CHECK(!tm("a/b/c", "a/b"));
+    CHECK(tm("+", ""));
+    CHECK(!tm("#", "$SYS/x")); /* [MQTT-4.7.2-1] */
+    CHECK(!tm("+/x", "$SYS/x"));
+    CHECK(tm("$SYS/#", "$SYS/x"));
+    CHECK(tm("a/+/c", "a//c"));
+    CHECK(fv("#") && fv("+") && fv("a/+/b") && fv("a/#") && fv("/"));
+    CHECK(fv("//") && fv("+/+"));
+    CHECK(!fv("a/#/b") && !fv("a+") && !fv("#a") && !fv("a/b#") && !fv(""));
+    CHECK(mqx_topic_valid((const uint8_t *)"a/b", 3));
+    CHECK(!mqx_topic_valid((const uint8_t *)"a/+", 3));
+    CHECK(mqx_topic_levels((const uint8_t *)"a/b/c", 5) == 3);
+    CHECK(mqx_topic_levels((const uint8_t *)"/", 1) == 2);
+    {
+        static const struct {
+            const char *hex;
+            int ok;
+        } u[] = {
+            {"61", 1},       {"c3a9", 1},     {"e282ac", 1}, {"f09f9880", 1},
+            {"00", 0},       {"c080", 0},     {"c1bf", 0},   {"e080af", 0},
+            {"eda080", 0},   {"edbfbf", 0},   {"f4908080", 0}, {"80", 0},
+            {"c3", 0},       {"e282", 0},     {"f5808080", 0}, {"efbfbf", 1},
+        };
+        size_t i, n;
+        uint8_t b[8];
+        for (i = 0; i < sizeof u / sizeof u[0]; i++) {
+            n = unhex(u[i].hex, b);
+            CHECK(mqx_utf8_valid(guard(b, n), n) == u[i].ok);
+        }
+    }
+}
+
+/* ---- config ---- */
+
+static int
+cfg_try(const char *text, struct cfg *c)
+{
+    char buf[2048];
+
+    cfg_defaults(c);
+    snprintf(buf, sizeof buf, "%s", text);
+    return cfg_parse_text(c, "t.conf", buf, 0);
+}
+
+static void
+test_config(void)
+{
+    static struct cfg c;
+
+    CHECK(cfg_try("# comment\n\nlistener 1883 127.0.0.1\nallow_anonymous "
+                  "true\nmax_connections 10\nlistener 1884\n"
+                  "max_connections 5\n",
+                  &c) == 0);
+    CHECK(c.n_lsn == 2 && c.lsn[0].port == 1883 && c.allow_anonymous == 1);
+    CHECK(c.lsn[0].max_connections == 10 && c.lsn[1].max_connections == 5);
+    CHECK(c.max_connections == -1);
+    CHECK(cfg_try("max_connections 100\nlistener 1883\n", &c) == 0);
+    CHECK(c.max_connections == 100);
+    CHECK(cfg_try("listener 0 /tmp/x.sock\n", &c) == 0 && c.lsn[0].is_unix);
+    CHECK(cfg_try("listener 0\n", &c) == -1);
+    CHECK(cfg_try("listener 70000\n", &c) == -1);
+    CHECK(cfg_try("frobnicate 1\n", &c) == -1);
+    CHECK(strcmp(c.err, "t.conf:1: unknown option 'frobnicate'") == 0);
+    CHECK(cfg_try("\nmax_inflight_messages 70000\n", &c) == -1);
+    CHECK(strcmp(c.err, "t.conf:2: max_inflight_messages: 70000 > 65535") ==
+          0);
+    CHECK(cfg_try("allow_anonymous yes\n", &c) == -1);
+    CHECK(strstr(c.err, "t.conf:1: allow_anonymous") != NULL);
+    CHECK(cfg_try("max_queued_messages 12x\n", &c) == -1);
+    CHECK(cfg_try("max_queued_messages\n", &c) == -1);
+    CHECK(cfg_try("max_queued_messages 1 2\n", &c) == -1);
+    CHECK(cfg_try("message_store_bytes 16M\n", &c) == 0 &&
+          c.message_store_bytes == 16 * 1048576);
+    CHECK(cfg_try("persistent_client_expiration 2d\n", &c) == 0 &&
+          c.persistent_client_expiration == 2 * 86400);
+    CHECK(cfg_try("persistent_client_expiration 2x\n", &c) == -1);
+    CHECK(cfg_try("log_type error\nlog_type subscribe\n", &c) == 0 &&
+          c.log_type == (LOG_T_ERR | LOG_T_SUB));
+    CHECK(cfg_try("log_dest file /tmp/x.log\nlog_dest stdout\n", &c) == 0 &&
+          c.log_dest == (LOG_D_FILE | LOG_D_STDOUT) &&
+          strcmp(c.log_file, "/tmp/x.log") == 0);
+    CHECK(cfg_try("log_dest carrier-pigeon\n", &c) == -1);
+    CHECK(cfg_try("pid_file /run/my dir/x.pid\n", &c) == 0 &&
+          strcmp(c.pid_file, "/run/my dir/x.pid") == 0);
+    CHECK(cfg_try("sys_interval 10 \r\n", &c) == 0 && c.sys_interval == 10);
+    CHECK(cfg_try("include_dir /nonexistent-dir\n", &c) == -1);
+    /* cross checks */
+    CHECK(cfg_try("message_store_bytes 65536\nmax_packet_size 60000\n",
+                  &c) == 0);
+    CHECK(cfg_finish(&c) == -1);
+    CHECK(cfg_try("", &c) == 0 && cfg_finish(&c) == 0);
+    CHECK(c.max_connections == 1024 &&
+          c.max_packet_size == c.message_store_bytes / 4);
+}
+
+/* ---- the store and the pools, on a tiny broker ---- */
+
+static void
+broker_setup(void)
+{
+    memset(&g, 0, sizeof g);
+    cfg_defaults(&g.cfg);
+    g.cfg.max_connections = 2;
+    g.cfg.max_sessions = 3;
+    g.cfg.max_subscriptions = 4;
+    g.cfg.max_topic_nodes = 16;
+    g.cfg.max_topic_levels = 3;
+    g.cfg.max_retained_messages = 2;
+    g.cfg.max_queued_total = 8;
+    g.cfg.max_queued_messages = 3;
+    g.cfg.message_store_bytes = 65536;
+    g.cfg.log_dest = 0;
+    CHECK(cfg_finish(&g.cfg) == 0);
+    g.log_fd = g.syslog_fd = -1;
+    arena_plan(1, NULL, 0);
+    tree_init();
+}
+
+static void
+broker_teardown(void)
+{
+    free(g.arena);
+    g.arena = NULL;
+}
+
+static void
+test_store(void)
+{
+    void *a, *b, *c, *big;
+    size_t base;
+
+    broker_setup();
+    base = g.st.used;
+    a = st_alloc(10);
+    b = st_alloc(64);
+    c = st_alloc(65);
+    CHECK(a && b && c && a != b);
+    CHECK(st_block_size(a) == 64 && st_block_size(c) == 128);
+    CHECK(((uintptr_t)c - (uintptr_t)g.st.base) % 128 == 0);
+    st_free(a);
+    st_free(b);
+    st_free(c);
+    CHECK(g.st.used == base);
+    /* after coalescing, the whole top block is available again */
+    big = st_alloc((size_t)MQX_STORE_MIN << g.st.top);
+    CHECK(big != NULL);
+    CHECK(st_alloc((size_t)MQX_STORE_MIN << g.st.top) != NULL ||
+          g.st.size == (size_t)MQX_STORE_MIN << g.st.top);
+    st_free(big);
+    /* exhaustion: NULL, counted, then usable again */
+    {
+        static void *v[4096];
+        size_t n = 0;
+        uint64_t fails = g.st.fails;
+        while (n < 4096 && (v[n] = st_alloc(200)) != NULL) n++;
+        CHECK(n > 0 && n < 4096);
+        CHECK(g.st.fails == fails + 1);
+        while (n) st_free(v[--n]);
+        CHECK(g.st.used == 0);
+    }
+    CHECK(st_alloc(g.st.size * 2) == NULL);
+    broker_teardown();
+}
+
+static void
+test_pool(void)
+{
+    uint32_t a, b, c, gen;
+
+    broker_setup();
+    a = pool_take(&g.p_conn);
+    b = pool_take(&g.p_conn);
+    c = pool_take(&g.p_conn);
+    CHECK(a != NIL && b != NIL && c == NIL); /* 2 connections */
+    CHECK(g.p_conn.full == 1);
+    gen = g.p_conn.gen[a];
+    pool_give(&g.p_conn, a);
+    CHECK(g.p_conn.gen[a] == gen + 1); /* stale handles are detected */
+    CHECK(pool_take(&g.p_conn) == a);
+    pool_give(&g.p_conn, a);
+    pool_give(&g.p_conn, b);
+    CHECK(g.p_conn.used == 0);
+    broker_teardown();
+}
+
+/* Routing on a tiny broker: sessions without connections (persistent, so
+ * QoS 1 messages queue). */
+static uint32_t
+mk_sess(const char *id)
+{
+    uint32_t s = sess_new((const uint8_t *)id, strlen(id));
+
+    if (s != NIL) g.sess[s].clean = 0;
+    return s;
+}
+
+static uint8_t
+sub(uint32_t s, const char *f, uint8_t qos)
+{
+    uint32_t nd;
+
+    return sub_add(s, (const uint8_t *)f, strlen(f), qos, &nd);
+}
+
+static void
+pub(const char *t, const char *payload, uint8_t qos, uint8_t retain)
+{
+    uint32_t m = msg_new((const uint8_t *)t, strlen(t),
+                         (const uint8_t *)payload, strlen(payload), qos,
+                         retain);
+
+    CHECK(m != NIL);
+    if (m != NIL) route(m);
+}
+
+static void
+test_route(void)
+{
+    uint32_t s1, s2, s3;
+
+    broker_setup();
+    s1 = mk_sess("one");
+    s2 = mk_sess("two");
+    s3 = mk_sess("three");
+    CHECK(s1 != NIL && s2 != NIL && s3 != NIL);
+    CHECK(mk_sess("four") == NIL); /* pool full: CONNACK 3 */
+    CHECK(sess_find((const uint8_t *)"two", 3) == s2);
+    CHECK(sub(s1, "a/+", 1) == 1);
+    CHECK(sub(s1, "a/#", 2) == 2); /* overlapping: one copy, QoS 2 */
+    CHECK(sub(s2, "#", 1) == 1);
+    CHECK(sub(s3, "a/b/c/d", 1) == 0x80); /* deeper than 3 levels */
+    CHECK(sub(s3, "x", 0) == 0);
+    CHECK(sub(s3, "y", 0) == 0x80); /* 4 subscriptions: pool full */
+    pub("a/b", "hi", 2, 0);
+    CHECK(g.sess[s1].q_count == 1 && g.qents[g.sess[s1].q_head].qos == 2);
+    CHECK(g.sess[s2].q_count == 1 && g.qents[g.sess[s2].q_head].qos == 1);
+    CHECK(g.sess[s3].q_count == 0);
+    pub("$SYS/x", "v", 1, 0); /* [MQTT-4.7.2-1] "#" does not match */
+    CHECK(g.sess[s2].q_count == 1);
+    /* queue limit 3: further messages are dropped and counted */
+    pub("a", "1", 1, 0);
+    pub("a", "2", 1, 0);
+    pub("a", "3", 1, 0);
+    CHECK(g.sess[s1].q_count == 3 && g.sess[s1].dropped == 1);
+    /* retained: stored, replaced, delivered on subscribe at min QoS */
+    sess_free(s2);
+    sess_free(s1);
+    CHECK(g.p_qent.used == 0 && g.p_msg.used == 0);
+    pub("r/1", "old", 1, 1);
+    pub("r/1", "new", 1, 1);
+    CHECK(g.n_retained == 1);
+    pub("r/2", "two", 0, 1);
+    pub("r/3", "three", 0, 1); /* max_retained_messages 2 */
+    CHECK(g.n_retained == 2);
+    s1 = mk_sess("one");
+    CHECK(sub(s1, "r/+", 1) == 1);
+    ret_match(s1, 0, (const uint8_t *)"r/+", 3, 0, 1);
+    CHECK(g.sess[s1].q_count == 1); /* r/2 is QoS 0: not queued offline */
+    {
+        const struct qent *e = &g.qents[g.sess[s1].q_head];
+        const struct msg *m = &g.msgs[e->msg];
+        CHECK(e->retain && e->qos == 1 && m->payload_len == 3 &&
+              memcmp(msg_payload(m), "new", 3) == 0);
+    }
+    pub("r/1", "", 0, 1); /* an empty retained message clears */
+    CHECK(g.n_retained == 1);
+    sess_free(s1);
+    sess_free(s3);
+    pub("r/2", "", 0, 1);
+    CHECK(g.n_retained == 0);
+    /* everything returned: pools empty, the tree back to its root */
+    CHECK(g.p_sess.used == 0 && g.p_sub.used == 0 && g.p_qent.used == 0);
+    CHECK(g.p_msg.used == 0 && g.p_node.used == 1 && g.st.used == 0);
+    CHECK(g.n_subs == 0);
+    broker_teardown();
+}
+
+/* The node hash survives deletions in any order (backward shift). */
+static void
+test_tree_churn(void)
+{
+    char t[32];
+    uint32_t s, i, k;
+
+    broker_setup();
+    g.cfg.max_subscriptions = 4;
+    s = mk_sess("x");
+    for (k = 0; k < 50; k++) {
+        uint32_t nd[4];
+        for (i = 0; i < 4; i++) {
+            snprintf(t, sizeof t, "%u/%u", (k * 7 + i) % 13, i);
+            CHECK(sub_add(s, (const uint8_t *)t, strlen(t), 0, &nd[i]) == 0);
+        }
+        for (i = 0; i < 4; i++) {
+            snprintf(t, sizeof t, "%u/%u", (k * 7 + (i * 3) % 4) % 13,
+                     (i * 3) % 4);
+            CHECK(tree_path((const uint8_t *)t, strlen(t), 0) != NIL);
+            CHECK(sub_remove(s, (const uint8_t *)t, strlen(t)) == 1);
+        }
+        CHECK(g.p_node.used == 1);
+    }
+    sess_free(s);
+    CHECK(g.p_sess.used == 0 && g.st.used == 0);
+    broker_teardown();
+}
+
+int
+main(void)
+{
+    test_frame();
+    test_connect();
+    test_publish();
+    test_subscribe();
+    test_ack();
+    test_topics();
+    test_config();
+    test_store();
+    test_pool();
+    test_route();
+    test_tree_churn();
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
