@@ -61,7 +61,10 @@ deps:
 unit: tests/unit
 	./tests/unit
 
-bb: mqttpx
+tests/tools/mallocount.so: tests/tools/mallocount.c
+	$(CC) -shared -fPIC -O1 -o $@ tests/tools/mallocount.c -ldl
+
+bb: mqttpx tests/tools/mallocount.so
 	$(PY) -m pytest -q tests/bb
 
 test: deps

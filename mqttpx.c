@@ -81,7 +81,7 @@
 #endif
 
 #ifndef MQX_MAX_CONNECTIONS
-#define MQX_MAX_CONNECTIONS 1000000 /* ceiling of the connection pool */
+#define MQX_MAX_CONNECTIONS 65535 /* ceiling of the connection pool */
 #endif
 
 #ifndef MQX_CFG_DEPTH
@@ -99,6 +99,8 @@
 #define MQX_LOG_EVERY_MS 10000 /* rate limit window for repeated lines */
 
 #define NIL UINT32_MAX
+#define MQX_STR_(x) #x
+#define MQX_STR(x) MQX_STR_(x)
 
 /* Log types: Mosquitto's log_type names. */
 enum {
@@ -502,7 +504,7 @@ log_at(unsigned type, const char *fmt, ...)
     size_t off = 0, body;
     va_list ap;
     int k;
-    unsigned dest = g.cfg.log_dest ? g.cfg.log_dest : LOG_D_STDERR;
+    unsigned dest = g.cfg.log_dest;
 
     if (!(g.cfg.log_type & type) && type != LOG_T_ERR) return;
     if (g.cfg.log_timestamp) {
@@ -1192,10 +1194,13 @@ cfg_special(struct cfg *c, const char *file, int line, const char *key,
     }
     if (strcmp(key, "max_connections") == 0) {
         int64_t v;
-        if (n_arg != 1 || cfg_number(arg[0], CT_INT, &v) || v < -1 ||
-            v > MQX_MAX_CONNECTIONS) {
-            cfg_err(c, file, line, "max_connections: expected -1..%d",
-                    MQX_MAX_CONNECTIONS);
+        if (n_arg != 1 || cfg_number(arg[0], CT_INT, &v)) {
+            cfg_err(c, file, line, "max_connections: expected a number");
+            return -1;
+        }
+        if (v < -1 || v > MQX_MAX_CONNECTIONS) {
+            cfg_err(c, file, line, "max_connections: %lld %s", (long long)v,
+                    v < -1 ? "< -1" : "> " MQX_STR(MQX_MAX_CONNECTIONS));
             return -1;
         }
         if (c->n_lsn)
@@ -1428,6 +1433,14 @@ mqx_mqtt_frame(const uint8_t *buf, size_t len, uint32_t max,
 
     if (len == 0) return MQX_MORE;
     if ((buf[0] >> 4) == 0 || (buf[0] >> 4) == 15) return MQX_BAD;
+    if ((buf[0] >> 4) != MQX_PUBLISH) { /* [MQTT-2.2.2-1], [MQTT-2.2.2-2] */
+        unsigned t = buf[0] >> 4;
+        unsigned want = t == MQX_PUBREL || t == MQX_SUBSCRIBE ||
+                                t == MQX_UNSUBSCRIBE
+                            ? 2
+                            : 0;
+        if ((buf[0] & 0x0fu) != want) return MQX_BAD;
+    }
     rc = mqx_mqtt_header(buf, len, &hl, &rl);
     if (rc != MQX_DONE) return rc;
     if ((uint64_t)hl + rl > max) return MQX_BIG;

@@ -74,6 +74,10 @@ test_frame(void)
         {"30 ff ff ff 7f", MQX_BIG, 0, 0},     /* 256 MB announced */
         {"00 00", MQX_BAD, 0, 0},              /* type 0 reserved */
         {"f0 00", MQX_BAD, 0, 0},              /* type 15 (AUTH) not in 3.1.1 */
+        {"11 00", MQX_BAD, 0, 0},              /* [MQTT-2.2.2-2] flags */
+        {"80 00", MQX_BAD, 0, 0},              /* SUBSCRIBE needs 0010 */
+        {"62 02 0001", MQX_DONE, MQX_PUBREL, 2},
+        {"c1 00", MQX_BAD, 0, 0},
     };
     uint8_t b[64];
     size_t i, k, n, used;
@@ -620,6 +624,31 @@ test_tree_churn(void)
     broker_teardown();
 }
 
+/* Every option of the table is documented in config.example. */
+static void
+test_config_example(void)
+{
+    FILE *f = fopen("config.example", "r");
+    static char text[65536];
+    size_t n, i;
+
+    CHECK(f != NULL);
+    if (!f) return;
+    n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    for (i = 0; i < CFG_N_KEYS; i++) {
+        char pat[80];
+        int found;
+        snprintf(pat, sizeof pat, "\n%s ", cfg_keys[i].name);
+        found = strstr(text, pat) != NULL;
+        snprintf(pat, sizeof pat, "\n#%s ", cfg_keys[i].name);
+        found = found || strstr(text, pat) != NULL;
+        if (!found) printf("config.example lacks %s\n", cfg_keys[i].name);
+        CHECK(found);
+    }
+}
+
 int
 main(void)
 {
@@ -634,6 +663,7 @@ main(void)
     test_pool();
     test_route();
     test_tree_churn();
+    test_config_example();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }

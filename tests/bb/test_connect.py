@@ -198,6 +198,23 @@ def test_bad_utf8_will_topic_closes(broker):
     c.expect_closed()
 
 
+@pytest.mark.parametrize("topic", ["", "w/#", "w/+/x"])
+def test_bad_will_topic_closes(broker, topic):
+    # [MQTT-3.1.3-10] the will topic is a topic name: not empty
+    # [MQTT-4.7.3-1], no wildcards [MQTT-3.3.2-2]
+    b = broker()
+    c = raw(b, connect("wt", will=(topic, b"x", 0, False)))
+    c.expect_closed()
+
+
+def test_connect_trailing_bytes_closes(broker):
+    # bytes after the last field the flags announce: malformed
+    b = broker()
+    body = w.connect("tb")[2:] + b"\x00\x01z"
+    c = raw(b, w.packet(0x10, body))
+    c.expect_closed()
+
+
 def test_truncated_connect_closes(broker):
     # Remaining Length shorter than the fields it announces: malformed
     b = broker()
@@ -233,6 +250,19 @@ def test_no_connect_times_out(broker):
     b = broker()
     c = Conn(b.port)
     c.expect_closed(timeout=20)
+
+
+@pytest.mark.slow
+def test_connect_timeout_option(broker):
+    # mqttpx's connect_timeout (seconds to send CONNECT, default 10)
+    import time
+    b = broker("connect_timeout 1\n")
+    t0 = time.monotonic()
+    c = Conn(b.port)
+    c.send(w.connect("late")[:5])  # a partial CONNECT does not count
+    c.expect_closed(timeout=4)
+    dt = time.monotonic() - t0
+    assert 0.5 <= dt <= 3, "closed after %.2fs" % dt
 
 
 def test_takeover_log(broker):

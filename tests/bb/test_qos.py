@@ -220,6 +220,33 @@ def test_unsubscribe_stops_delivery(broker):
     assert collect_until(s, "keep", b"fence") == []
 
 
+def test_same_filter_twice_in_one_subscribe(broker):
+    # [MQTT-3.8.4-3] the second entry replaces the first: one subscription
+    b = broker()
+    c = open_client(b.port, "twice")
+    assert sub(c, 1, [("d", 0), ("d", 1)]) == [0, 1]
+    p = open_client(b.port, "p")
+    pub(p, "d", b"one", qos=1)
+    m = recv_pub(c)
+    assert (m.payload, m.qos) == (b"one", 1)
+    pub(p, "d", b"fence")
+    assert collect_until(c, "d", b"fence") == []
+
+
+def test_unsubscribe_completes_inflight(broker):
+    # [MQTT-3.10.4-3] a QoS 1 message in flight when the client
+    # unsubscribes can still be acknowledged
+    b = broker()
+    c = open_client(b.port, "ui")
+    sub(c, 1, [("ui", 1)])
+    p = open_client(b.port, "p")
+    pub(p, "ui", b"in flight", qos=1)
+    m = recv_pub(c, ack=False)
+    w.unsub(c, 2, ["ui"])
+    c.send(w.puback(m.pid))
+    assert c.is_open()
+
+
 def test_unsubscribe_exact_filter_only(broker):
     # unsubscribe compares filters character by character
     b = broker()

@@ -232,3 +232,26 @@ def test_will_only_once(broker):
     p = open_client(b.port, "p")
     pub(p, "will/fence", b"fence")
     assert collect_until(s, "will/fence") == []
+
+
+def test_max_retained_messages(broker):
+    # retained pool full: a new topic is not stored; existing topics can
+    # still be replaced or cleared, which frees a slot
+    b = broker("max_retained_messages 2\nsys_interval 0\n")
+    p = open_client(b.port, "p")
+    for t in ("m/1", "m/2", "m/3"):
+        pub(p, t, t, qos=1, retain=True)
+    pub(p, "m/1", b"m/1 again", qos=1, retain=True)
+
+    def retained():
+        s = open_client(b.port, "s")
+        sub(s, 1, [("m/#", 0), ("fence", 0)])
+        pub(p, "fence", b"fence")
+        got = {m.topic: m.payload for m in collect_until(s, "fence")}
+        s.close()
+        return got
+
+    assert retained() == {"m/1": b"m/1 again", "m/2": b"m/2"}
+    pub(p, "m/2", b"", qos=1, retain=True)
+    pub(p, "m/3", b"m/3", qos=1, retain=True)
+    assert retained() == {"m/1": b"m/1 again", "m/3": b"m/3"}

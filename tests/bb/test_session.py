@@ -325,3 +325,53 @@ def test_slow_subscriber_not_reading_disconnected(broker):
         pass
     pytest.fail("stuck subscriber not disconnected (read %d packets, then "
                 "silence)" % n)
+
+
+def test_max_queued_bytes(broker):
+    # max_queued_bytes caps an offline session's queue by size too
+    b = broker("max_queued_bytes 250\n")
+    c = open_client(b.port, "qb", clean=False)
+    sub(c, 1, [("qb", 1)])
+    gone(b, c, "qb")
+    p = open_client(b.port, "p")
+    for i in range(5):
+        pub(p, "qb", str(i) * 100, qos=1, pid=i + 1)
+    c = open_client(b.port, "qb", clean=False, present=True)
+    sub(c, 2, [("fence", 0)])
+    pub(p, "fence", b"fence")
+    got = [m.payload[:1] for m in collect_until(c, "fence")]
+    assert got in ([b"0", b"1"], [b"0", b"1", b"2"]), got
+
+
+# ---- mqttpx pool limits (each full pool has a documented policy) ----------
+
+def test_max_sessions_connack_3(broker):
+    # session pool full: CONNACK 0x03 server unavailable, then close;
+    # known sessions still connect; a freed slot is reused
+    b = broker("max_sessions 2\n")
+    a = open_client(b.port, "a", clean=False)
+    c2 = open_client(b.port, "b")
+    x = w.Conn(b.port)
+    x.send(w.connect("c"))
+    x.expect(w.connack(0, 3))
+    x.expect_closed()
+    b.wait_log("max_sessions")
+    a2 = open_client(b.port, "a", clean=False, present=True)  # takeover
+    a.expect_closed()
+    gone(b, c2, "b")  # clean session: its slot is freed
+    c = open_client(b.port, "c")
+    assert a2.is_open() and c.is_open()
+
+
+def test_max_subscriptions_suback_failure(broker):
+    # subscription pool full: SUBACK 0x80 for the filters that do not fit
+    # [MQTT-3.8.4-5]; the others work
+    b = broker("max_subscriptions 2\n")
+    c = open_client(b.port, "s")
+    assert sub(c, 1, [("s/1", 1), ("s/2", 1), ("s/3", 1)]) == [1, 1, 0x80]
+    p = open_client(b.port, "p")
+    pub(p, "s/3", b"no sub", qos=1)
+    pub(p, "s/2", b"yes", qos=1)
+    assert recv_pub(c).payload == b"yes"
+    w.unsub(c, 2, ["s/1"])
+    assert sub(c, 3, [("s/3", 1)]) == [1]

@@ -1,6 +1,8 @@
 """Malformed and forbidden packets after a good CONNECT: the server closes
 the connection without answering, and other clients are unaffected."""
 
+import socket
+
 import pytest
 
 import mqttwire as w
@@ -162,6 +164,29 @@ def test_unsubscribe_bad_flags(broker, first):
     bad_after_connect(b, w.unsubscribe(1, ["a"], first=first))
 
 
+@pytest.mark.parametrize("flt", ["a/#/b", "a+", "", b"\xc0\x80"])
+def test_unsubscribe_invalid_filter(broker, flt):
+    # [MQTT-3.10.3-1] UNSUBSCRIBE filters are UTF-8 topic filters
+    b = broker()
+    bad_after_connect(b, w.unsubscribe(1, [flt]))
+
+
+@pytest.mark.parametrize("body", [b"\x00\x01\x00\x05ab",   # past end
+                                  b"\x00\x01\x00\x01a",     # no QoS byte
+                                  b"\x00"])                  # half an id
+def test_subscribe_truncated(broker, body):
+    b = broker()
+    bad_after_connect(b, w.packet(0x82, body))
+
+
+@pytest.mark.parametrize("data", [b"\x40\x03\x00\x01\x00", b"\x40\x01\x00",
+                                  b"\x62\x03\x00\x01\x00", b"\x50\x00"])
+def test_ack_wrong_length(broker, data):
+    # PUBACK/PUBREC/PUBREL/PUBCOMP carry exactly a 2-byte packet id (3.1.1)
+    b = broker()
+    bad_after_connect(b, data)
+
+
 def test_unsubscribe_no_filter(broker):
     # [MQTT-3.10.3-2] at least one topic filter
     b = broker()
@@ -202,6 +227,43 @@ def test_protocol_error_does_not_hurt_others(broker):
     pub = open_client(b.port, "pub")
     w.pub(pub, "t", b"still here")
     assert w.recv_pub(good).payload == b"still here"
+
+
+def test_publish_in_chunks(broker):
+    # a 100 KB PUBLISH arriving in 1000-byte writes, each flushed
+    b = broker()
+    s = open_client(b.port, "s")
+    w.sub(s, 1, [("ch", 1)])
+    p = open_client(b.port, "p")
+    p.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    data = w.publish("ch", bytes(range(200)) * 500, qos=1, pid=9)
+    for i in range(0, len(data), 1000):
+        p.send(data[i:i + 1000])
+    p.expect(w.puback(9))
+    assert w.recv_pub(s).payload == bytes(range(200)) * 500
+
+
+def test_deep_and_long_topics(broker):
+    # a 100-level topic and a 60000-byte topic are valid topic names
+    # [MQTT-4.7.3-3]; a '#' subscriber receives both
+    b = broker()
+    s = open_client(b.port, "s")
+    w.sub(s, 1, [("#", 0)])
+    p = open_client(b.port, "p")
+    deep = "/".join("l%d" % i for i in range(100))
+    long_ = "x" * 60000
+    w.pub(p, deep, b"deep", qos=1)
+    w.pub(p, long_, b"long", qos=1, pid=2)
+    assert w.recv_pub(s).topic == deep
+    assert w.recv_pub(s).topic == long_
+
+
+def test_many_filters_in_one_subscribe(broker):
+    # [MQTT-3.8.4-5] one return code per filter, 500 filters
+    b = broker()
+    c = open_client(b.port, "many")
+    codes = w.sub(c, 7, [("m/%d" % i, i % 3) for i in range(500)])
+    assert codes == [i % 3 for i in range(500)]
 
 
 def test_disconnect_then_nothing(broker):
