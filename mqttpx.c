@@ -88,19 +88,19 @@
 #define MQX_CFG_DEPTH 4 /* include_dir nesting */
 #endif
 
-#define MQX_SCRATCH     65536 /* shared read buffer: one read per wake-up */
-#define MQX_TX_BATCH    16384 /* stop filling a client's output past this */
-#define MQX_STORE_MIN   64    /* smallest store block (bytes) */
-#define MQX_ADDR_LEN    64    /* "[v6addr]:port" or a unix path, printable */
-#define MQX_ID_MAX      65535 /* client id bytes (UTF-8 string limit) */
-#define MQX_PATH_MAX    256
-#define MQX_SCAN_MS     250 /* deadline scan period */
-#define MQX_LOG_LINE    1024
+#define MQX_SCRATCH      65536 /* shared read buffer: one read per wake-up */
+#define MQX_TX_BATCH     16384 /* stop filling a client's output past this */
+#define MQX_STORE_MIN    64    /* smallest store block (bytes) */
+#define MQX_ADDR_LEN     64    /* "[v6addr]:port" or a unix path, printable */
+#define MQX_ID_MAX       65535 /* client id bytes (UTF-8 string limit) */
+#define MQX_PATH_MAX     256
+#define MQX_SCAN_MS      250 /* deadline scan period */
+#define MQX_LOG_LINE     1024
 #define MQX_LOG_EVERY_MS 10000 /* rate limit window for repeated lines */
 
-#define NIL UINT32_MAX
+#define NIL         UINT32_MAX
 #define MQX_STR_(x) #x
-#define MQX_STR(x) MQX_STR_(x)
+#define MQX_STR(x)  MQX_STR_(x)
 
 /* Log types: Mosquitto's log_type names. */
 enum {
@@ -175,8 +175,8 @@ struct pool {
     uint32_t cap, used, peak;
     uint64_t full; /* takes refused */
     const char *name;
-    size_t slot;   /* bytes of one slot, for the budget line */
-    void *base;    /* the slot array, for debug fills */
+    size_t slot; /* bytes of one slot, for the budget line */
+    void *base;  /* the slot array, for debug fills */
 };
 
 /* A buddy allocator over one region: every variable-sized byte (payloads,
@@ -244,7 +244,7 @@ struct sess {
     uint8_t proto;
     uint32_t conn; /* connection, or NIL when offline */
     uint32_t hash_next;
-    uint32_t subs;                     /* first struct sub of this session */
+    uint32_t subs;                    /* first struct sub of this session */
     uint32_t q_head, q_tail, q_count; /* queued, not yet sent */
     uint64_t q_bytes;
     uint32_t f_head, f_tail, f_count; /* inflight out, in send order */
@@ -273,9 +273,9 @@ struct conn {
     uint8_t proto; /* 3 or 4 once CONNECTed */
     uint8_t lsn;   /* listener index */
     uint16_t keepalive;
-    uint32_t sess;      /* NIL until CONNECT */
-    uint32_t will;      /* msg, NIL without will */
-    uint32_t resend;    /* next inflight entry to resend after resume */
+    uint32_t sess;   /* NIL until CONNECT */
+    uint32_t will;   /* msg, NIL without will */
+    uint32_t resend; /* next inflight entry to resend after resume */
     int64_t deadline_ms;
     uint8_t *rx; /* partial packet (store block), NULL when none */
     uint32_t rx_len, rx_cap;
@@ -293,8 +293,8 @@ struct broker {
     struct cfg cfg;
     const char *cfg_path;
     /* [3] logging */
-    int log_fd;      /* log_dest file, -1 */
-    int syslog_fd;   /* /dev/log datagram socket, -1 */
+    int log_fd;    /* log_dest file, -1 */
+    int syslog_fd; /* /dev/log datagram socket, -1 */
     int64_t log_rl_ms;
     uint32_t log_rl_n;
     /* [4] memory */
@@ -313,7 +313,7 @@ struct broker {
     uint32_t node_ht_mask;
     uint32_t *sess_ht; /* client id -> session, chained */
     uint32_t sess_ht_mask;
-    uint32_t *match;   /* sessions matched by one routing pass */
+    uint32_t *match; /* sessions matched by one routing pass */
     uint32_t n_match;
     uint32_t stamp;
     uint32_t *dirty; /* connections with output to fill or flush */
@@ -332,7 +332,7 @@ struct broker {
     uint32_t n_online;
     uint32_t peak_online;
     uint64_t id_counter;
-    int throttled;     /* the store passed its high watermark */
+    int throttled; /* the store passed its high watermark */
     int64_t next_scan_ms;
     /* [15] loop */
     volatile sig_atomic_t sig_quit, sig_hup;
@@ -522,7 +522,8 @@ log_at(unsigned type, const char *fmt, ...)
     line[off++] = '\n';
     if (dest & LOG_D_STDERR) log_write_all(2, line, off);
     if (dest & LOG_D_STDOUT) log_write_all(1, line, off);
-    if ((dest & LOG_D_FILE) && g.log_fd >= 0) log_write_all(g.log_fd, line, off);
+    if ((dest & LOG_D_FILE) && g.log_fd >= 0)
+        log_write_all(g.log_fd, line, off);
     if ((dest & LOG_D_SYSLOG) && g.syslog_fd >= 0)
         log_syslog(type, line + body, off - body - 1);
 }
@@ -667,7 +668,8 @@ pool_give(struct pool *pl, uint32_t i)
 /* --- the store: binary buddy blocks of 64 << order bytes --- */
 
 #define ST_FREE 0x80
-#define ST_UNIT(p) ((uint32_t)(((const uint8_t *)(p)-g.st.base) / MQX_STORE_MIN))
+#define ST_UNIT(p)                                                             \
+    ((uint32_t)(((const uint8_t *)(p)-g.st.base) / MQX_STORE_MIN))
 
 static uint8_t *
 st_ptr(uint32_t unit)
@@ -721,7 +723,8 @@ st_order(size_t n)
 {
     unsigned k = 0;
 
-    while (((size_t)MQX_STORE_MIN << k) < n) k++;
+    while (((size_t)MQX_STORE_MIN << k) < n)
+        k++;
     return k;
 }
 
@@ -743,7 +746,8 @@ st_init(uint8_t *base, size_t size, size_t top)
     g.st.size = size;
     units = (uint32_t)(size / MQX_STORE_MIN);
     g.st.tag = arena_take(units);
-    for (k = 0; k < STORE_ORDERS; k++) g.st.free[k] = NIL;
+    for (k = 0; k < STORE_ORDERS; k++)
+        g.st.free[k] = NIL;
     /* push in reverse so the lowest addresses are handed out first */
     for (u = units; u > 0;) {
         u -= 1u << g.st.top;
@@ -824,12 +828,12 @@ st_dup(const uint8_t *p, size_t n)
  * Errors read "FILE:LINE: key: what" in c->err. */
 
 enum {
-    CT_BOOL,     /* true | false */
-    CT_INT,      /* decimal integer in [min, max] */
-    CT_BYTES,    /* integer with optional k/M/G suffix (1024-based) */
-    CT_SECS,     /* duration: N[s|m|h|d|w|y] (Mosquitto: h d w m y) */
-    CT_STR,      /* a string up to the field's size */
-    CT_SPECIAL,  /* parsed by cfg_special() */
+    CT_BOOL,    /* true | false */
+    CT_INT,     /* decimal integer in [min, max] */
+    CT_BYTES,   /* integer with optional k/M/G suffix (1024-based) */
+    CT_SECS,    /* duration: N[s|m|h|d|w|y] (Mosquitto: h d w m y) */
+    CT_STR,     /* a string up to the field's size */
+    CT_SPECIAL, /* parsed by cfg_special() */
 };
 
 struct cfg_key {
@@ -842,9 +846,18 @@ struct cfg_key {
 };
 
 #define CK_INT(n, t, mn, mx, d, h)                                             \
-    {#n, t, offsetof(struct cfg, n), 0, mn, mx, d, h}
-#define CK_STR(n, h) {#n, CT_STR, offsetof(struct cfg, n), sizeof(((struct cfg *)0)->n), 0, 0, 0, h}
-#define CK_SPECIAL(n, h) {n, CT_SPECIAL, 0, 0, 0, 0, 0, h}
+    {                                                                          \
+#n, t, offsetof(struct cfg, n), 0, mn, mx, d, h                        \
+    }
+#define CK_STR(n, h)                                                           \
+    {                                                                          \
+#n, CT_STR, offsetof(struct cfg, n), sizeof(((struct cfg *)0)->n), 0,  \
+            0, 0, h                                                            \
+    }
+#define CK_SPECIAL(n, h)                                                       \
+    {                                                                          \
+        n, CT_SPECIAL, 0, 0, 0, 0, 0, h                                        \
+    }
 
 static const struct cfg_key cfg_keys[] = {
     CK_SPECIAL("listener", "listener PORT [BIND_ADDRESS|SOCKET_PATH]: a "
@@ -921,8 +934,8 @@ static const struct cfg_key cfg_keys[] = {
 
 #define CFG_N_KEYS (sizeof cfg_keys / sizeof cfg_keys[0])
 
-static void cfg_err(struct cfg *c, const char *file, int line,
-                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void cfg_err(struct cfg *c, const char *file, int line, const char *fmt,
+                    ...) __attribute__((format(printf, 4, 5)));
 
 static void
 cfg_err(struct cfg *c, const char *file, int line, const char *fmt, ...)
@@ -1016,11 +1029,16 @@ cfg_log_type(struct cfg *c, const char *file, int line, const char *v)
         const char *name;
         unsigned bits;
     } types[] = {
-        {"error", LOG_T_ERR},        {"warning", LOG_T_WARN},
-        {"notice", LOG_T_NOTICE},    {"information", LOG_T_INFO},
-        {"debug", LOG_T_DEBUG},      {"subscribe", LOG_T_SUB},
-        {"unsubscribe", LOG_T_UNSUB}, {"all", LOG_T_ALL},
-        {"none", 0},                 {"websockets", 0},
+        {"error", LOG_T_ERR},
+        {"warning", LOG_T_WARN},
+        {"notice", LOG_T_NOTICE},
+        {"information", LOG_T_INFO},
+        {"debug", LOG_T_DEBUG},
+        {"subscribe", LOG_T_SUB},
+        {"unsubscribe", LOG_T_UNSUB},
+        {"all", LOG_T_ALL},
+        {"none", 0},
+        {"websockets", 0},
     };
     size_t i;
 
@@ -1080,8 +1098,7 @@ cfg_listener(struct cfg *c, const char *file, int line, const char *port,
         return -1;
     }
     if (!port || cfg_number(port, CT_INT, &p) || p < 0 || p > 65535) {
-        cfg_err(c, file, line, "listener: invalid port '%s'",
-                port ? port : "");
+        cfg_err(c, file, line, "listener: invalid port '%s'", port ? port : "");
         return -1;
     }
     if (p == 0 && (!bind || bind[0] != '/')) {
@@ -1156,7 +1173,8 @@ cfg_include_dir(struct cfg *c, const char *file, int line, const char *dir,
     }
     for (i = 0; i < n && rc == 0; i++)
         rc = cfg_parse_file(c, names[i], depth + 1);
-    for (i = 0; i < n; i++) free(names[i]);
+    for (i = 0; i < n; i++)
+        free(names[i]);
     free(names);
     return rc;
 }
@@ -1246,12 +1264,15 @@ cfg_line(struct cfg *c, const char *file, int line, char *s, int depth)
     int n_arg = 0;
     size_t i;
 
-    while (*s == ' ' || *s == '\t') s++;
+    while (*s == ' ' || *s == '\t')
+        s++;
     if (*s == '#' || *s == '\0') return 0;
     key = s;
-    while (*s && *s != ' ' && *s != '\t') s++;
+    while (*s && *s != ' ' && *s != '\t')
+        s++;
     if (*s) *s++ = '\0';
-    while (*s == ' ' || *s == '\t') s++;
+    while (*s == ' ' || *s == '\t')
+        s++;
     rest = s;
     /* trailing blanks of the value */
     for (i = strlen(rest); i > 0 && (rest[i - 1] == ' ' || rest[i - 1] == '\t');
@@ -1277,9 +1298,11 @@ cfg_line(struct cfg *c, const char *file, int line, char *s, int depth)
     }
     while (*rest && n_arg < (int)(sizeof arg / sizeof arg[0])) {
         arg[n_arg++] = rest;
-        while (*rest && *rest != ' ' && *rest != '\t') rest++;
+        while (*rest && *rest != ' ' && *rest != '\t')
+            rest++;
         if (*rest) *rest++ = '\0';
-        while (*rest == ' ' || *rest == '\t') rest++;
+        while (*rest == ' ' || *rest == '\t')
+            rest++;
     }
     if (*rest) {
         cfg_err(c, file, line, "%s: too many values", key);
@@ -1384,7 +1407,8 @@ cfg_finish(struct cfg *c)
                  "max_connections: 0 leaves no room for any client");
         return -1;
     }
-    if (c->max_packet_size == 0) c->max_packet_size = c->message_store_bytes / 4;
+    if (c->max_packet_size == 0)
+        c->max_packet_size = c->message_store_bytes / 4;
     if (c->max_packet_size > c->message_store_bytes / 2) {
         snprintf(c->err, sizeof c->err,
                  "max_packet_size: %lld is more than half of "
@@ -1435,10 +1459,9 @@ mqx_mqtt_frame(const uint8_t *buf, size_t len, uint32_t max,
     if ((buf[0] >> 4) == 0 || (buf[0] >> 4) == 15) return MQX_BAD;
     if ((buf[0] >> 4) != MQX_PUBLISH) { /* [MQTT-2.2.2-1], [MQTT-2.2.2-2] */
         unsigned t = buf[0] >> 4;
-        unsigned want = t == MQX_PUBREL || t == MQX_SUBSCRIBE ||
-                                t == MQX_UNSUBSCRIBE
-                            ? 2
-                            : 0;
+        unsigned want =
+            t == MQX_PUBREL || t == MQX_SUBSCRIBE || t == MQX_UNSUBSCRIBE ? 2
+                                                                          : 0;
         if ((buf[0] & 0x0fu) != want) return MQX_BAD;
     }
     rc = mqx_mqtt_header(buf, len, &hl, &rl);
@@ -1545,8 +1568,10 @@ mqx_topic_match(const uint8_t *f, size_t fn, const uint8_t *t, size_t tn)
         return 0;
     for (;;) {
         size_t fe = fi, te = ti;
-        while (fe < fn && f[fe] != '/') fe++;
-        while (te < tn && t[te] != '/') te++;
+        while (fe < fn && f[fe] != '/')
+            fe++;
+        while (te < tn && t[te] != '/')
+            te++;
         if (fe - fi == 1 && f[fi] == '#') return 1; /* also the parent */
         if (!(fe - fi == 1 && f[fi] == '+') &&
             !(fe - fi == te - ti && memcmp(f + fi, t + ti, fe - fi) == 0))
@@ -1633,12 +1658,12 @@ mqx_mqtt_publish(uint8_t flags, const uint8_t *b, size_t n, uint8_t level,
     p->retain = flags & 1;
     p->qos = (flags >> 1) & 3;
     p->dup = (flags >> 3) & 1;
-    if (p->qos == 3) return MQX_BAD;              /* [MQTT-3.3.1-4] */
-    if (p->qos == 0 && p->dup) return MQX_BAD;    /* [MQTT-3.3.1-2] */
+    if (p->qos == 3) return MQX_BAD;           /* [MQTT-3.3.1-4] */
+    if (p->qos == 0 && p->dup) return MQX_BAD; /* [MQTT-3.3.1-2] */
     p->topic = rd_str(&r);
     if (p->qos) p->pid = rd_u16(&r);
     if (r.bad) return MQX_BAD;
-    if (p->qos && p->pid == 0) return MQX_BAD;    /* [MQTT-2.3.1-1] */
+    if (p->qos && p->pid == 0) return MQX_BAD; /* [MQTT-2.3.1-1] */
     if (!mqx_topic_valid(p->topic.p, p->topic.len))
         return MQX_BAD; /* [MQTT-3.3.2-1], [MQTT-3.3.2-2] */
     p->payload.p = r.p;
@@ -1665,7 +1690,7 @@ mqx_mqtt_subscribe(const struct mqx_packet *pk, uint8_t level,
         struct mqx_str f = rd_str(&r);
         if (s->with_opts) {
             uint8_t o = rd_u8(&r);
-            if ((o & 3) == 3) return MQX_BAD;         /* [MQTT-3.8.3-4] */
+            if ((o & 3) == 3) return MQX_BAD; /* [MQTT-3.8.3-4] */
             if (level <= 4 && (o & 0xfc)) return MQX_BAD;
         }
         if (r.bad) return MQX_BAD;
@@ -1862,7 +1887,8 @@ node_hash(uint32_t parent, const uint8_t *name, size_t n)
     uint32_t h = 2166136261u ^ parent * 0x9e3779b1u;
     size_t i;
 
-    for (i = 0; i < n; i++) h = (h ^ name[i]) * 16777619u;
+    for (i = 0; i < n; i++)
+        h = (h ^ name[i]) * 16777619u;
     return h ^ (h >> 15);
 }
 
@@ -1918,7 +1944,8 @@ node_get(uint32_t parent, const uint8_t *name, size_t n)
     if (p->child != NIL) g.nodes[p->child].prev_sibling = nd;
     p->child = nd;
     h = node_hash(parent, name, n) & g.node_ht_mask;
-    while (g.node_ht[h] != NIL) h = (h + 1) & g.node_ht_mask;
+    while (g.node_ht[h] != NIL)
+        h = (h + 1) & g.node_ht_mask;
     g.node_ht[h] = nd;
     return nd;
 }
@@ -1931,7 +1958,8 @@ node_ht_remove(uint32_t nd)
     const struct node *x = &g.nodes[nd];
 
     i = node_hash(x->parent, st_at(x->name), x->name_len) & m;
-    while (g.node_ht[i] != nd) i = (i + 1) & m;
+    while (g.node_ht[i] != nd)
+        i = (i + 1) & m;
     j = i;
     for (;;) {
         j = (j + 1) & m;
@@ -1979,8 +2007,10 @@ tree_path(const uint8_t *t, size_t n, int create)
 
     for (;;) {
         e = i;
-        while (e < n && t[e] != '/') e++;
-        next = create ? node_get(nd, t + i, e - i) : node_find(nd, t + i, e - i);
+        while (e < n && t[e] != '/')
+            e++;
+        next =
+            create ? node_get(nd, t + i, e - i) : node_find(nd, t + i, e - i);
         if (next == NIL) {
             if (create) node_prune(nd);
             return NIL;
@@ -2021,7 +2051,8 @@ tree_match(uint32_t nd, const uint8_t *t, size_t n, size_t pos)
     size_t e = pos;
     uint32_t c;
 
-    while (e < n && t[e] != '/') e++;
+    while (e < n && t[e] != '/')
+        e++;
     if (!dollar) {
         c = node_find(nd, (const uint8_t *)"#", 1);
         if (c != NIL) tree_collect(c);
@@ -2047,7 +2078,8 @@ tree_route(const uint8_t *t, size_t n)
 {
     if (++g.stamp == 0) { /* wrapped: forget old stamps */
         uint32_t i;
-        for (i = 0; i < g.p_sess.cap; i++) g.sess[i].stamp = 0;
+        for (i = 0; i < g.p_sess.cap; i++)
+            g.sess[i].stamp = 0;
         g.stamp = 1;
     }
     g.n_match = 0;
@@ -2068,8 +2100,7 @@ ret_set(uint32_t m, const uint8_t *t, size_t n)
         nd = tree_path(t, n, 0);
         if (nd == NIL || g.nodes[nd].retained == NIL) return;
     } else {
-        if (mqx_topic_levels(t, n) > (unsigned)g.cfg.max_topic_levels)
-            return;
+        if (mqx_topic_levels(t, n) > (unsigned)g.cfg.max_topic_levels) return;
         nd = tree_path(t, n, 1);
         if (nd == NIL) return;
     }
@@ -2078,9 +2109,9 @@ ret_set(uint32_t m, const uint8_t *t, size_t n)
         g.n_retained--;
         g.retained_bytes -= g.msgs[old].payload_len;
     }
-    if (m != NIL && (g.n_retained >= (uint64_t)g.cfg.max_retained_messages ||
-                     g.retained_bytes + bytes >
-                         (uint64_t)g.cfg.max_retained_bytes)) {
+    if (m != NIL &&
+        (g.n_retained >= (uint64_t)g.cfg.max_retained_messages ||
+         g.retained_bytes + bytes > (uint64_t)g.cfg.max_retained_bytes)) {
         static int64_t last;
         static uint32_t quiet;
         int64_t k = log_limit(&last, &quiet);
@@ -2232,7 +2263,8 @@ qe_unlink(uint32_t *head, uint32_t *tail, uint16_t pid, uint8_t state)
 static uint32_t
 qe_find(uint32_t head, uint16_t pid)
 {
-    while (head != NIL && g.qents[head].pid != pid) head = g.qents[head].next;
+    while (head != NIL && g.qents[head].pid != pid)
+        head = g.qents[head].next;
     return head;
 }
 
@@ -2324,7 +2356,8 @@ sess_free(uint32_t s)
     qe_free_list(x->q_head);
     qe_free_list(x->f_head);
     qe_free_list(x->r_head);
-    while (*pp != s) pp = &g.sess[*pp].hash_next;
+    while (*pp != s)
+        pp = &g.sess[*pp].hash_next;
     *pp = x->hash_next;
     st_free(st_ptr(x->id));
     pool_give(&g.p_sess, s);
@@ -2396,8 +2429,8 @@ route(uint32_t m)
     tree_route(msg_topic(x), x->topic_len);
     for (i = 0; i < g.n_match; i++) {
         uint32_t s = g.match[i];
-        uint8_t qos = g.sess[s].match_qos < x->qos ? g.sess[s].match_qos
-                                                     : x->qos;
+        uint8_t qos =
+            g.sess[s].match_qos < x->qos ? g.sess[s].match_qos : x->qos;
         sess_enqueue(s, m, qos, 0); /* [MQTT-3.3.1-9] retain flag 0 */
     }
     msg_unref(m);
@@ -2421,8 +2454,7 @@ route_new(const char *topic, const uint8_t *payload, size_t pl, uint8_t qos,
 
 /* Queues the retained messages matching a new subscription: at filter
  * level f[pos..] below node nd. */
-static void
-ret_deliver(uint32_t s, uint32_t nd, uint8_t qos);
+static void ret_deliver(uint32_t s, uint32_t nd, uint8_t qos);
 
 static void
 ret_all_below(uint32_t s, uint32_t nd, uint8_t qos, int skip_dollar)
@@ -2455,7 +2487,8 @@ ret_match(uint32_t s, uint32_t nd, const uint8_t *f, size_t n, size_t pos,
     size_t e = pos;
     uint32_t c;
 
-    while (e < n && f[e] != '/') e++;
+    while (e < n && f[e] != '/')
+        e++;
     if (e - pos == 1 && f[pos] == '#') {
         if (!root) ret_deliver(s, nd, qos); /* "a/#" matches "a" */
         ret_all_below(s, nd, qos, root);
@@ -2487,8 +2520,7 @@ ret_match(uint32_t s, uint32_t nd, const uint8_t *f, size_t n, size_t pos,
 static uint8_t
 auth_connect(const struct mqx_connect *ck)
 {
-    if (!ck->has_user && !g.cfg.allow_anonymous)
-        return MQX_CONNACK_NOT_AUTH;
+    if (!ck->has_user && !g.cfg.allow_anonymous) return MQX_CONNACK_NOT_AUTH;
     return MQX_CONNACK_OK;
 }
 
@@ -2603,8 +2635,8 @@ static int
 conn_write(struct conn *c)
 {
     while (c->tx && c->tx_off < c->tx_len) {
-        ssize_t n = send(c->fd, c->tx + c->tx_off, c->tx_len - c->tx_off,
-                         MSG_NOSIGNAL);
+        ssize_t n =
+            send(c->fd, c->tx + c->tx_off, c->tx_len - c->tx_off, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -2702,9 +2734,9 @@ conn_fill(struct conn *c)
         s->f_count++;
     }
 out:
-    if (!c->tx && (c->resend != NIL || (s->q_head != NIL &&
-                                        (window == 0 ||
-                                         s->f_count < (uint64_t)window))))
+    if (!c->tx &&
+        (c->resend != NIL ||
+         (s->q_head != NIL && (window == 0 || s->f_count < (uint64_t)window))))
         conn_oom(c); /* nothing pending and still no room: store full */
 }
 
@@ -2724,10 +2756,10 @@ conn_reap(struct conn *c)
         if (s->clean)
             sess_free(c->sess);
         else
-            s->expire_ms = g.cfg.persistent_client_expiration
-                               ? g.now + g.cfg.persistent_client_expiration *
-                                             1000
-                               : 0;
+            s->expire_ms =
+                g.cfg.persistent_client_expiration
+                    ? g.now + g.cfg.persistent_client_expiration * 1000
+                    : 0;
     }
     if (c->tx && c->tx_off < c->tx_len && (c->flags & CF_FLUSHCLOSE))
         (void)send(c->fd, c->tx + c->tx_off, c->tx_len - c->tx_off,
@@ -2773,8 +2805,7 @@ conn_flush_all(void)
                 const char *id = conn_id(c, &n);
                 if (g.cfg.connection_messages)
                     log_at(LOG_T_NOTICE,
-                           "Socket error on client " ID_FMT
-                           ", disconnecting.",
+                           "Socket error on client " ID_FMT ", disconnecting.",
                            n, id);
                 conn_close(c, CF_WILL);
                 break;
@@ -2840,8 +2871,8 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
     if (mqx_mqtt_connect(pk->body, pk->len, &ck) != MQX_DONE) {
         if (ck.connack) {
             if (g.cfg.connection_messages)
-                log_at(LOG_T_NOTICE,
-                       "Client <unknown> from %s refused: %s.", c->addr,
+                log_at(LOG_T_NOTICE, "Client <unknown> from %s refused: %s.",
+                       c->addr,
                        ck.connack == MQX_CONNACK_PROTOCOL
                            ? "unsupported protocol version"
                            : "identifier rejected");
@@ -2995,8 +3026,8 @@ handle_publish(struct conn *c, const struct mqx_packet *pk)
         if (pb.qos == 2) conn_ack(c, MQX_PUBREC, pb.pid);
         return;
     }
-    m = msg_new(pb.topic.p, pb.topic.len, pb.payload.p, pb.payload.len,
-                pb.qos, pb.retain);
+    m = msg_new(pb.topic.p, pb.topic.len, pb.payload.p, pb.payload.len, pb.qos,
+                pb.retain);
     if (m == NIL) {
         if (pb.qos == 0) { /* policy: QoS 0 dropped and counted */
             g.pub_dropped++;
@@ -3180,8 +3211,7 @@ handle_packet(struct conn *c, const struct mqx_packet *pk)
             int n;
             const char *id = conn_id(c, &n);
             if (g.cfg.connection_messages)
-                log_at(LOG_T_NOTICE, "Client " ID_FMT " disconnected.", n,
-                       id);
+                log_at(LOG_T_NOTICE, "Client " ID_FMT " disconnected.", n, id);
             conn_close(c, CF_QUIET); /* [MQTT-3.14.4-3] no will */
         }
         break;
@@ -3205,9 +3235,8 @@ loop_parse(struct conn *c, const uint8_t *buf, size_t len)
     struct mqx_packet pk;
 
     while (off < len && c->state != CONN_CLOSING) {
-        enum mqx_rc rc = mqx_mqtt_frame(buf + off, len - off,
-                                        (uint32_t)g.cfg.max_packet_size, &pk,
-                                        &used);
+        enum mqx_rc rc = mqx_mqtt_frame(
+            buf + off, len - off, (uint32_t)g.cfg.max_packet_size, &pk, &used);
         if (rc == MQX_MORE) break;
         if (rc == MQX_BIG) {
             int n;
@@ -3473,8 +3502,7 @@ loop_unthrottle(void)
     g.throttled = 0;
 }
 
-static void
-sys_pub(const char *topic, const char *fmt, ...)
+static void sys_pub(const char *topic, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 static void
@@ -3507,8 +3535,7 @@ sys_publish(void)
     sys_pub("$SYS/broker/clients/maximum", "%u", g.peak_online);
     sys_pub("$SYS/broker/messages/received", "%llu",
             (unsigned long long)g.msgs_rx);
-    sys_pub("$SYS/broker/messages/sent", "%llu",
-            (unsigned long long)g.msgs_tx);
+    sys_pub("$SYS/broker/messages/sent", "%llu", (unsigned long long)g.msgs_tx);
     sys_pub("$SYS/broker/publish/messages/dropped", "%llu",
             (unsigned long long)g.pub_dropped);
     sys_pub("$SYS/broker/bytes/received", "%llu",
@@ -3661,8 +3688,8 @@ lsn_open(uint8_t li)
                 close(fd); /* no IPv6 here: IPv4 alone will do */
                 continue;
             }
-            die("%s:%d: listener %u %s: %s", l->file, l->line, l->port,
-                l->bind, strerror(errno));
+            die("%s:%d: listener %u %s: %s", l->file, l->line, l->port, l->bind,
+                strerror(errno));
         }
         if (g.n_ls >= MQX_MAX_LSOCKS) die("too many listening sockets");
         (void)fcntl(fd, F_SETFL, O_NONBLOCK);
@@ -3698,11 +3725,14 @@ arena_plan(int take, char *line, size_t cap)
     uint64_t per_conn = sizeof(struct conn) + sizeof(struct pollfd) + 8;
     size_t total = 0;
 
-    while (top < (uint64_t)c->max_packet_size + 64) top <<= 1;
+    while (top < (uint64_t)c->max_packet_size + 64)
+        top <<= 1;
     store = (store + top - 1) / top * top;
     if (msgs > store / MQX_STORE_MIN) msgs = store / MQX_STORE_MIN;
-    while (ht < nodes * 2) ht <<= 1;
-    while (sht < sess) sht <<= 1;
+    while (ht < nodes * 2)
+        ht <<= 1;
+    while (sht < sess)
+        sht <<= 1;
 #define PLAN(n, sz) (total += align_up((size_t)((n) * (sz)), 16))
     PLAN(conns, sizeof(struct conn) + 8);
     PLAN(MQX_MAX_LSOCKS + conns, sizeof(struct pollfd));
@@ -3740,8 +3770,8 @@ arena_plan(int take, char *line, size_t cap)
     g.conns = arena_take((size_t)conns * sizeof(struct conn));
     pool_init(&g.p_conn, "connections", g.conns, sizeof(struct conn),
               (uint32_t)conns);
-    g.pfd = arena_take((size_t)(MQX_MAX_LSOCKS + conns) *
-                       sizeof(struct pollfd));
+    g.pfd =
+        arena_take((size_t)(MQX_MAX_LSOCKS + conns) * sizeof(struct pollfd));
     g.dirty = arena_take((size_t)conns * sizeof(uint32_t));
     g.sess = arena_take((size_t)sess * sizeof(struct sess));
     pool_init(&g.p_sess, "sessions", g.sess, sizeof(struct sess),
@@ -3754,8 +3784,7 @@ arena_plan(int take, char *line, size_t cap)
     pool_init(&g.p_node, "topic nodes", g.nodes, sizeof(struct node),
               (uint32_t)nodes);
     g.msgs = arena_take((size_t)msgs * sizeof(struct msg));
-    pool_init(&g.p_msg, "messages", g.msgs, sizeof(struct msg),
-              (uint32_t)msgs);
+    pool_init(&g.p_msg, "messages", g.msgs, sizeof(struct msg), (uint32_t)msgs);
     g.qents = arena_take((size_t)qents * sizeof(struct qent));
     pool_init(&g.p_qent, "deliveries", g.qents, sizeof(struct qent),
               (uint32_t)qents);
@@ -3769,7 +3798,8 @@ arena_plan(int take, char *line, size_t cap)
     {
         uint8_t *base;
         /* the tag array is taken inside st_init, the region here */
-        base = g.arena + g.arena_off + align_up((size_t)(store / MQX_STORE_MIN), 16);
+        base = g.arena + g.arena_off +
+               align_up((size_t)(store / MQX_STORE_MIN), 16);
         base = (uint8_t *)align_up((size_t)base, 64);
         st_init(base, (size_t)store, (size_t)top);
         g.arena_off = (size_t)(base - g.arena) + (size_t)store;
@@ -3820,8 +3850,7 @@ drop_privileges(void)
     }
     if (initgroups(pw->pw_name, pw->pw_gid) || setgid(pw->pw_gid) ||
         setuid(pw->pw_uid))
-        die("cannot drop privileges to '%s': %s", g.cfg.user,
-            strerror(errno));
+        die("cannot drop privileges to '%s': %s", g.cfg.user, strerror(errno));
 }
 
 int
@@ -3842,7 +3871,8 @@ main(int argc, char **argv)
         else if (strcmp(argv[i], "-p") == 0 && i + 1 < argc &&
                  n_ports < (int)(sizeof ports / sizeof ports[0]))
             ports[n_ports++] = argv[++i];
-        else if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--verbose") == 0)
+        else if (strcmp(argv[i], "-v") == 0 ||
+                 strcmp(argv[i], "--verbose") == 0)
             verbose = 1;
         else if (strcmp(argv[i], "-d") == 0 || strcmp(argv[i], "--daemon") == 0)
             daemonize = 1;
@@ -3858,8 +3888,7 @@ main(int argc, char **argv)
             return 1;
         }
     }
-    if (cfg_path && cfg_parse_file(&g.cfg, cfg_path, 0))
-        die("%s", g.cfg.err);
+    if (cfg_path && cfg_parse_file(&g.cfg, cfg_path, 0)) die("%s", g.cfg.err);
     for (i = 0; i < n_ports; i++)
         if (cfg_listener(&g.cfg, "-p", 0, ports[i],
                          cfg_path ? NULL : "127.0.0.1"))
@@ -3882,10 +3911,10 @@ main(int argc, char **argv)
     }
     g.log_fd = g.syslog_fd = -1;
     if (g.cfg.log_dest & LOG_D_FILE) {
-        g.log_fd = open(g.cfg.log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
-                        0640);
-        if (g.log_fd < 0) die("log_dest file %s: %s", g.cfg.log_file,
-                              strerror(errno));
+        g.log_fd = open(g.cfg.log_file,
+                        O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        if (g.log_fd < 0)
+            die("log_dest file %s: %s", g.cfg.log_file, strerror(errno));
     }
     if (g.cfg.log_dest & LOG_D_SYSLOG) {
         struct sockaddr_un sun;
@@ -3905,7 +3934,8 @@ main(int argc, char **argv)
     arena_plan(1, budget, sizeof budget);
     tree_init();
     log_at(LOG_T_INFO, "%s", budget);
-    for (li = 0; li < g.cfg.n_lsn; li++) lsn_open((uint8_t)li);
+    for (li = 0; li < g.cfg.n_lsn; li++)
+        lsn_open((uint8_t)li);
     if (pipe(g.wake) < 0) die("pipe: %s", strerror(errno));
     (void)fcntl(g.wake[0], F_SETFL, O_NONBLOCK);
     (void)fcntl(g.wake[1], F_SETFL, O_NONBLOCK);
@@ -3942,14 +3972,14 @@ main(int argc, char **argv)
         size_t off = 0;
         for (li = 0; li < g.cfg.n_lsn && off < sizeof where - 80; li++) {
             const struct listener *l = &g.cfg.lsn[li];
-            int k = l->is_unix ? snprintf(where + off, sizeof where - off,
-                                          "%s%s", li ? ", " : "", l->bind)
-                               : snprintf(where + off, sizeof where - off,
-                                          "%s%s%s%s:%u", li ? ", " : "",
-                                          strchr(l->bind, ':') ? "[" : "",
-                                          l->bind[0] ? l->bind : "*",
-                                          strchr(l->bind, ':') ? "]" : "",
-                                          l->port);
+            int k =
+                l->is_unix
+                    ? snprintf(where + off, sizeof where - off, "%s%s",
+                               li ? ", " : "", l->bind)
+                    : snprintf(where + off, sizeof where - off, "%s%s%s%s:%u",
+                               li ? ", " : "", strchr(l->bind, ':') ? "[" : "",
+                               l->bind[0] ? l->bind : "*",
+                               strchr(l->bind, ':') ? "]" : "", l->port);
             if (k > 0) off += (size_t)k;
         }
         where[off] = '\0';

@@ -44,11 +44,11 @@ enum mqx_ptype {
 /* CONNACK return codes of MQTT 3.1 and 3.1.1 */
 enum mqx_connack {
     MQX_CONNACK_OK = 0,
-    MQX_CONNACK_PROTOCOL = 1,   /* unacceptable protocol version */
-    MQX_CONNACK_ID = 2,         /* identifier rejected */
-    MQX_CONNACK_UNAVAIL = 3,    /* server unavailable */
-    MQX_CONNACK_BAD_AUTH = 4,   /* bad user name or password */
-    MQX_CONNACK_NOT_AUTH = 5,   /* not authorised */
+    MQX_CONNACK_PROTOCOL = 1, /* unacceptable protocol version */
+    MQX_CONNACK_ID = 2,       /* identifier rejected */
+    MQX_CONNACK_UNAVAIL = 3,  /* server unavailable */
+    MQX_CONNACK_BAD_AUTH = 4, /* bad user name or password */
+    MQX_CONNACK_NOT_AUTH = 5, /* not authorised */
 };
 
 /* One framed packet: body is a slice of the caller's buffer. */
@@ -86,8 +86,7 @@ enum mqx_rc mqx_mqtt_header(const uint8_t *buf, size_t len, size_t *used,
                             uint32_t *rl);
 enum mqx_rc mqx_mqtt_frame(const uint8_t *buf, size_t len, uint32_t max,
                            struct mqx_packet *pk, size_t *used);
-enum mqx_rc mqx_mqtt_connect(const uint8_t *b, size_t n,
-                             struct mqx_connect *c);
+enum mqx_rc mqx_mqtt_connect(const uint8_t *b, size_t n, struct mqx_connect *c);
 enum mqx_rc mqx_mqtt_publish(uint8_t flags, const uint8_t *b, size_t n,
                              uint8_t level, struct mqx_publish *p);
 enum mqx_rc mqx_mqtt_subscribe(const struct mqx_packet *pk, uint8_t level,
@@ -99,19 +98,17 @@ size_t mqx_mqtt_rl_size(uint32_t rl);
 size_t mqx_mqtt_enc_rl(uint8_t *p, uint32_t rl);
 size_t mqx_mqtt_enc_connack(uint8_t *p, uint8_t session_present, uint8_t rc);
 size_t mqx_mqtt_enc_ack(uint8_t *p, uint8_t type, uint16_t pid);
-size_t mqx_mqtt_publish_size(size_t topic_len, size_t payload_len,
-                             uint8_t qos);
-size_t mqx_mqtt_enc_publish(uint8_t *p, const uint8_t *topic,
-                            size_t topic_len, const uint8_t *payload,
-                            size_t payload_len, uint8_t qos, uint8_t retain,
-                            uint8_t dup, uint16_t pid);
+size_t mqx_mqtt_publish_size(size_t topic_len, size_t payload_len, uint8_t qos);
+size_t mqx_mqtt_enc_publish(uint8_t *p, const uint8_t *topic, size_t topic_len,
+                            const uint8_t *payload, size_t payload_len,
+                            uint8_t qos, uint8_t retain, uint8_t dup,
+                            uint16_t pid);
 
 /* ---- topics [8] ---- */
 int mqx_utf8_valid(const uint8_t *p, size_t n);
 int mqx_topic_valid(const uint8_t *p, size_t n);
 int mqx_filter_valid(const uint8_t *p, size_t n);
 unsigned mqx_topic_levels(const uint8_t *p, size_t n);
-int mqx_topic_match(const uint8_t *f, size_t fn, const uint8_t *t,
-                    size_t tn);
+int mqx_topic_match(const uint8_t *f, size_t fn, const uint8_t *t, size_t tn);
 
 #endif

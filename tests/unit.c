@@ -69,13 +69,13 @@ test_frame(void)
         {"c000", MQX_DONE, MQX_PINGREQ, 0},
         {"e000", MQX_DONE, MQX_DISCONNECT, 0},
         {"30 05 0001 61 6869", MQX_DONE, MQX_PUBLISH, 5},
-        {"30 80 01", MQX_MORE, 0, 0},          /* needs 128 bytes */
-        {"30 ff ff ff ff", MQX_BAD, 0, 0},     /* 5-byte length [MQTT-2.2.3] */
-        {"30 ff ff ff 7f", MQX_BIG, 0, 0},     /* 256 MB announced */
-        {"00 00", MQX_BAD, 0, 0},              /* type 0 reserved */
-        {"f0 00", MQX_BAD, 0, 0},              /* type 15 (AUTH) not in 3.1.1 */
-        {"11 00", MQX_BAD, 0, 0},              /* [MQTT-2.2.2-2] flags */
-        {"80 00", MQX_BAD, 0, 0},              /* SUBSCRIBE needs 0010 */
+        {"30 80 01", MQX_MORE, 0, 0},      /* needs 128 bytes */
+        {"30 ff ff ff ff", MQX_BAD, 0, 0}, /* 5-byte length [MQTT-2.2.3] */
+        {"30 ff ff ff 7f", MQX_BIG, 0, 0}, /* 256 MB announced */
+        {"00 00", MQX_BAD, 0, 0},          /* type 0 reserved */
+        {"f0 00", MQX_BAD, 0, 0},          /* type 15 (AUTH) not in 3.1.1 */
+        {"11 00", MQX_BAD, 0, 0},          /* [MQTT-2.2.2-2] flags */
+        {"80 00", MQX_BAD, 0, 0},          /* SUBSCRIBE needs 0010 */
         {"62 02 0001", MQX_DONE, MQX_PUBREL, 2},
         {"c1 00", MQX_BAD, 0, 0},
     };
@@ -85,8 +85,7 @@ test_frame(void)
 
     for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         n = unhex(cases[i].hex, b);
-        CHECK(mqx_mqtt_frame(guard(b, n), n, 4096, &pk, &used) ==
-              cases[i].rc);
+        CHECK(mqx_mqtt_frame(guard(b, n), n, 4096, &pk, &used) == cases[i].rc);
         if (cases[i].rc == MQX_DONE) {
             CHECK(pk.type == cases[i].type && pk.len == cases[i].len);
             CHECK(used == n);
@@ -100,8 +99,8 @@ test_frame(void)
     CHECK(mqx_mqtt_frame(guard(b, n), n, 1000, &pk, &used) == MQX_BIG);
     /* remaining length encodings round trip */
     {
-        static const uint32_t v[] = {0, 127, 128, 16383, 16384, 2097151,
-                                     2097152, 268435455};
+        static const uint32_t v[] = {0,     127,     128,     16383,
+                                     16384, 2097151, 2097152, 268435455};
         for (i = 0; i < sizeof v / sizeof v[0]; i++) {
             uint32_t rl = 0;
             b[0] = 0x30;
@@ -135,8 +134,7 @@ test_connect(void)
     CHECK(ck.level == 4 && ck.clean && ck.keepalive == 60);
     CHECK(ck.client_id.len == 2 && memcmp(ck.client_id.p, "c1", 2) == 0);
     /* 3.1 MQIsdp level 3 */
-    CHECK(connect_rc("00064d5149736470 03 02 003c 0002 6331", &ck) ==
-          MQX_DONE);
+    CHECK(connect_rc("00064d5149736470 03 02 003c 0002 6331", &ck) == MQX_DONE);
     CHECK(ck.level == 3);
     /* level 5 with name MQTT: CONNACK 1 [MQTT-3.1.2-2] */
     CHECK(connect_rc("00044d515454 05 02 003c 0002 6331", &ck) == MQX_BAD);
@@ -284,8 +282,7 @@ test_ack(void)
     CHECK(mqx_mqtt_ack(&pk, &pid) == MQX_DONE);
     pk.len = 3;
     CHECK(mqx_mqtt_ack(&pk, &pid) == MQX_BAD);
-    CHECK(mqx_mqtt_enc_ack(b, MQX_PUBREL, 9) == 4 && b[0] == 0x62 &&
-          b[3] == 9);
+    CHECK(mqx_mqtt_enc_ack(b, MQX_PUBREL, 9) == 4 && b[0] == 0x62 && b[3] == 9);
     CHECK(mqx_mqtt_enc_connack(b, 1, 5) == 4 && b[0] == 0x20 && b[2] == 1 &&
           b[3] == 5);
 }
@@ -336,10 +333,10 @@ test_topics(void)
             const char *hex;
             int ok;
         } u[] = {
-            {"61", 1},       {"c3a9", 1},     {"e282ac", 1}, {"f09f9880", 1},
-            {"00", 0},       {"c080", 0},     {"c1bf", 0},   {"e080af", 0},
-            {"eda080", 0},   {"edbfbf", 0},   {"f4908080", 0}, {"80", 0},
-            {"c3", 0},       {"e282", 0},     {"f5808080", 0}, {"efbfbf", 1},
+            {"61", 1},     {"c3a9", 1},   {"e282ac", 1},   {"f09f9880", 1},
+            {"00", 0},     {"c080", 0},   {"c1bf", 0},     {"e080af", 0},
+            {"eda080", 0}, {"edbfbf", 0}, {"f4908080", 0}, {"80", 0},
+            {"c3", 0},     {"e282", 0},   {"f5808080", 0}, {"efbfbf", 1},
         };
         size_t i, n;
         uint8_t b[8];
@@ -382,8 +379,7 @@ test_config(void)
     CHECK(cfg_try("frobnicate 1\n", &c) == -1);
     CHECK(strcmp(c.err, "t.conf:1: unknown option 'frobnicate'") == 0);
     CHECK(cfg_try("\nmax_inflight_messages 70000\n", &c) == -1);
-    CHECK(strcmp(c.err, "t.conf:2: max_inflight_messages: 70000 > 65535") ==
-          0);
+    CHECK(strcmp(c.err, "t.conf:2: max_inflight_messages: 70000 > 65535") == 0);
     CHECK(cfg_try("allow_anonymous yes\n", &c) == -1);
     CHECK(strstr(c.err, "t.conf:1: allow_anonymous") != NULL);
     CHECK(cfg_try("max_queued_messages 12x\n", &c) == -1);
@@ -405,8 +401,8 @@ test_config(void)
     CHECK(cfg_try("sys_interval 10 \r\n", &c) == 0 && c.sys_interval == 10);
     CHECK(cfg_try("include_dir /nonexistent-dir\n", &c) == -1);
     /* cross checks */
-    CHECK(cfg_try("message_store_bytes 65536\nmax_packet_size 60000\n",
-                  &c) == 0);
+    CHECK(cfg_try("message_store_bytes 65536\nmax_packet_size 60000\n", &c) ==
+          0);
     CHECK(cfg_finish(&c) == -1);
     CHECK(cfg_try("", &c) == 0 && cfg_finish(&c) == 0);
     CHECK(c.max_connections == 1024 &&
@@ -472,10 +468,12 @@ test_store(void)
         static void *v[4096];
         size_t n = 0;
         uint64_t fails = g.st.fails;
-        while (n < 4096 && (v[n] = st_alloc(200)) != NULL) n++;
+        while (n < 4096 && (v[n] = st_alloc(200)) != NULL)
+            n++;
         CHECK(n > 0 && n < 4096);
         CHECK(g.st.fails == fails + 1);
-        while (n) st_free(v[--n]);
+        while (n)
+            st_free(v[--n]);
         CHECK(g.st.used == 0);
     }
     CHECK(st_alloc(g.st.size * 2) == NULL);
@@ -525,9 +523,9 @@ sub(uint32_t s, const char *f, uint8_t qos)
 static void
 pub(const char *t, const char *payload, uint8_t qos, uint8_t retain)
 {
-    uint32_t m = msg_new((const uint8_t *)t, strlen(t),
-                         (const uint8_t *)payload, strlen(payload), qos,
-                         retain);
+    uint32_t m =
+        msg_new((const uint8_t *)t, strlen(t), (const uint8_t *)payload,
+                strlen(payload), qos, retain);
 
     CHECK(m != NIL);
     if (m != NIL) route(m);

@@ -45,6 +45,14 @@ def free_port(family=socket.AF_INET, host="127.0.0.1"):
         s.close()
 
 
+def have_ipv6():
+    try:
+        free_port(socket.AF_INET6, "::1")
+        return True
+    except OSError:
+        return False
+
+
 def short_tmpdir():
     """A short directory path (unix socket paths are limited to 107)."""
     return tempfile.mkdtemp(prefix="mqx", dir="/tmp")

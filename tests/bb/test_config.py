@@ -8,7 +8,7 @@ import socket
 import pytest
 
 import mqttwire as w
-from conftest import CONF_DIR, free_port, run_mqttpx, short_tmpdir
+from conftest import CONF_DIR, free_port, have_ipv6, run_mqttpx, short_tmpdir
 from mqttwire import open_client, sub, pub, recv_pub
 
 
@@ -62,6 +62,7 @@ def test_unknown_command_line_option():
     assert r.returncode != 0
 
 
+@pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
 def test_all_options_accepted():
     # every option the broker documents, Mosquitto spellings
     d = short_tmpdir()
@@ -240,6 +241,7 @@ def test_two_listeners_share_topics(broker):
                % (s.local_port, port2))
 
 
+@pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
 def test_ipv6_listener(broker):
     port6 = free_port(socket.AF_INET6, "::1")
     b = broker("listener %d ::1\n" % port6)

@@ -25,8 +25,8 @@ note(const char *fn, size_t n)
 
     if (!armed || reports > 50) return;
     reports++;
-    k = snprintf(line, sizeof line, "mallocount: %s(%zu) after the loop started\n",
-                 fn, n);
+    k = snprintf(line, sizeof line,
+                 "mallocount: %s(%zu) after the loop started\n", fn, n);
     if (k > 0) (void)!write(2, line, (size_t)k);
 }
 
