@@ -72,7 +72,22 @@ test: deps
 	$(MAKE) TLS=0 mqttpx-tls0-check
 	$(MAKE) unit
 	$(MAKE) bb
+	$(MAKE) openwrt-check
+	$(MAKE) cross
 	@echo "make test: all suites passed"
+
+# big-endian mips, mipsel, armhf, aarch64: static musl + mbedTLS 2.28/3.6,
+# unit tests under qemu-ARCH-static, a black-box smoke test of each broker
+# (libraries cached under .cache/, or $$MQX_CACHE)
+cross:
+	tests/cross/deps.sh
+	tests/cross/run.sh mips mipsel armhf aarch64
+
+size:
+	tests/cross/size.sh
+
+openwrt-check:
+	tests/openwrt-check.sh
 
 # a TLS=0 build must compile cleanly too (it links only mbedcrypto)
 mqttpx-tls0-check: mqttpx.c mqttpx.h
@@ -89,4 +104,5 @@ fmt:
 clean:
 	rm -f mqttpx mqttpx-san mqttpx-tls0 tests/unit
 
-.PHONY: all run deps unit bb test install fmt clean mqttpx-tls0-check
+.PHONY: all run deps unit bb test install fmt clean mqttpx-tls0-check cross size \
+        openwrt-check

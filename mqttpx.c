@@ -1821,16 +1821,30 @@ msg_payload(const struct msg *m)
     return st_ptr(m->data) + m->topic_len;
 }
 
+/* Messages may fill the store up to 7/8: the last eighth is kept for
+ * output blocks and partial packets, so that acknowledgements and
+ * deliveries, which free messages, still flow when it is "full". */
+static int
+msg_room(size_t n)
+{
+    return g.st.used + n <= g.st.size / 8 * 7;
+}
+
 /* A new message with refs 0; NIL when the message pool or the store is
- * full (the caller's policy: drop QoS 0, refuse QoS 1/2 unacknowledged). */
+ * full (the caller's policy: drop QoS 0, keep QoS 1/2 unread). */
 static uint32_t
 msg_new(const uint8_t *topic, size_t tl, const uint8_t *payload, size_t pl,
         uint8_t qos, uint8_t retain)
 {
-    uint32_t i = pool_take(&g.p_msg);
+    uint32_t i;
     uint8_t *b;
     struct msg *m;
 
+    if (!msg_room(tl + pl)) {
+        g.st.fails++;
+        return NIL;
+    }
+    i = pool_take(&g.p_msg);
     if (i == NIL) return NIL;
     b = st_alloc(tl + pl);
     if (!b) {
@@ -2599,8 +2613,10 @@ conn_out(struct conn *c, size_t n)
     return p;
 }
 
+/* Policy when the store cannot hold what a connection needs now: close
+ * it, counted and logged (rate-limited). `what` names the need. */
 static void
-conn_oom(struct conn *c)
+conn_oom(struct conn *c, const char *what)
 {
     static int64_t last;
     static uint32_t quiet;
@@ -2610,10 +2626,33 @@ conn_oom(struct conn *c)
 
     if (k >= 0)
         log_at(LOG_T_WARN,
-               "Client " ID_FMT " disconnected: message store full (%lld "
-               "more not logged).",
-               n, id, (long long)k);
+               "Client " ID_FMT " disconnected: message store full, no room "
+               "for %s (%lld more not logged).",
+               n, id, what, (long long)k);
     conn_close(c, CF_WILL | CF_QUIET);
+}
+
+/* Policy of the message store: stop reading this client until the store
+ * drains below 3/4 (loop_unthrottle). */
+static void
+conn_throttle(struct conn *c)
+{
+    static int64_t last;
+    static uint32_t quiet;
+    int64_t k;
+    int n;
+    const char *id = conn_id(c, &n);
+
+    if (c->flags & CF_THROTTLED) return;
+    k = log_limit(&last, &quiet);
+    if (k >= 0)
+        log_at(LOG_T_NOTICE,
+               "Message store %zu%% full: not reading client " ID_FMT
+               " until it drains (%lld more not logged).",
+               g.st.used * 100 / g.st.size, n, id, (long long)k);
+    c->flags |= CF_THROTTLED;
+    conn_pfd(c)->events &= (short)~POLLIN;
+    g.throttled = 1;
 }
 
 /* Queues a 4-byte acknowledgement; closes the connection when it can't. */
@@ -2623,7 +2662,7 @@ conn_ack(struct conn *c, uint8_t type, uint16_t pid)
     uint8_t *p = conn_out(c, 4);
 
     if (!p) {
-        conn_oom(c);
+        conn_oom(c, "an acknowledgement");
         return;
     }
     mqx_mqtt_enc_ack(p, type, pid);
@@ -2737,7 +2776,7 @@ out:
     if (!c->tx &&
         (c->resend != NIL ||
          (s->q_head != NIL && (window == 0 || s->f_count < (uint64_t)window))))
-        conn_oom(c); /* nothing pending and still no room: store full */
+        conn_oom(c, "output"); /* nothing pending and still no room: store full */
 }
 
 /* Frees a slot: the only place that closes client sockets. */
@@ -2955,7 +2994,7 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
     if (!p) {
         msg_unref(will);
         if (!present) sess_free(s);
-        conn_oom(c);
+        conn_oom(c, "the CONNACK");
         return;
     }
     mqx_mqtt_enc_connack(p, present, MQX_CONNACK_OK);
@@ -2988,7 +3027,9 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
     }
 }
 
-static void
+/* Returns 1 when the packet was not taken and must be parsed again once
+ * the store has room. */
+static int
 handle_publish(struct conn *c, const struct mqx_packet *pk)
 {
     struct mqx_publish pb;
@@ -2998,16 +3039,16 @@ handle_publish(struct conn *c, const struct mqx_packet *pk)
     if (mqx_mqtt_publish(pk->flags, pk->body, pk->len, c->proto, &pb) !=
         MQX_DONE) {
         handle_protocol_error(c);
-        return;
+        return 0;
     }
     if (pb.retain && !g.cfg.retain_available) {
         handle_protocol_error(c);
-        return;
+        return 0;
     }
     g.msgs_rx++;
     if (pb.qos == 2 && qe_find(s->r_head, pb.pid) != NIL) {
         conn_ack(c, MQX_PUBREC, pb.pid); /* [MQTT-4.3.3-2] not again */
-        return;
+        return 0;
     }
     if (g.cfg.message_size_limit &&
         pb.payload.len > (uint64_t)g.cfg.message_size_limit) {
@@ -3024,24 +3065,25 @@ handle_publish(struct conn *c, const struct mqx_packet *pk)
         g.pub_dropped++;
         if (pb.qos == 1) conn_ack(c, MQX_PUBACK, pb.pid);
         if (pb.qos == 2) conn_ack(c, MQX_PUBREC, pb.pid);
-        return;
+        return 0;
     }
     m = msg_new(pb.topic.p, pb.topic.len, pb.payload.p, pb.payload.len, pb.qos,
                 pb.retain);
     if (m == NIL) {
         if (pb.qos == 0) { /* policy: QoS 0 dropped and counted */
             g.pub_dropped++;
-            return;
+            return 0;
         }
-        conn_oom(c); /* QoS 1/2: not acknowledged, the client resends */
-        return;
+        g.msgs_rx--;
+        conn_throttle(c); /* QoS 1/2: kept unread until the store drains */
+        return 1;
     }
     if (pb.qos == 2) {
         uint32_t q = qe_new(NIL, 2, QE_RECEIVED);
         if (q == NIL) {
             msg_drop_if_unused(m);
-            conn_oom(c);
-            return;
+            conn_oom(c, "a QoS 2 id");
+            return 0;
         }
         g.qents[q].pid = pb.pid;
         g.qents[q].next = s->r_head;
@@ -3051,12 +3093,9 @@ handle_publish(struct conn *c, const struct mqx_packet *pk)
     route(m);
     if (pb.qos == 1) conn_ack(c, MQX_PUBACK, pb.pid);
     if (pb.qos == 2) conn_ack(c, MQX_PUBREC, pb.pid);
-    /* policy: past 7/8 of the store, stop reading publishers */
-    if (g.st.used > g.st.size / 8 * 7) {
-        c->flags |= CF_THROTTLED;
-        conn_pfd(c)->events &= (short)~POLLIN;
-        g.throttled = 1;
-    }
+    /* policy: near the messages' limit, stop reading publishers */
+    if (g.st.used > g.st.size / 16 * 13) conn_throttle(c);
+    return 0;
 }
 
 static void
@@ -3075,7 +3114,7 @@ handle_subscribe(struct conn *c, const struct mqx_packet *pk)
     rl = 2 + sb.count;
     p = conn_out(c, 1 + mqx_mqtt_rl_size((uint32_t)rl) + rl);
     if (!p) {
-        conn_oom(c);
+        conn_oom(c, "the SUBACK");
         return;
     }
     p[0] = MQX_SUBACK << 4;
@@ -3160,7 +3199,8 @@ handle_ack(struct conn *c, const struct mqx_packet *pk)
     conn_dirty(c); /* the window opened */
 }
 
-static void
+/* Returns 1 when the packet must be parsed again later (store full). */
+static int
 handle_packet(struct conn *c, const struct mqx_packet *pk)
 {
     if (c->state == CONN_NEW && pk->type != MQX_CONNECT) {
@@ -3170,15 +3210,14 @@ handle_packet(struct conn *c, const struct mqx_packet *pk)
                    "before CONNECT.",
                    c->addr, pk->type);
         conn_close(c, CF_QUIET); /* [MQTT-3.1.0-1] */
-        return;
+        return 0;
     }
     switch (pk->type) {
     case MQX_CONNECT:
         handle_connect(c, pk);
         break;
     case MQX_PUBLISH:
-        handle_publish(c, pk);
-        break;
+        return handle_publish(c, pk);
     case MQX_PUBACK:
     case MQX_PUBREC:
     case MQX_PUBREL:
@@ -3197,7 +3236,7 @@ handle_packet(struct conn *c, const struct mqx_packet *pk)
         } else {
             uint8_t *p = conn_out(c, 2);
             if (!p) {
-                conn_oom(c);
+                conn_oom(c, "the PINGRESP");
                 break;
             }
             p[0] = MQX_PINGRESP << 4;
@@ -3219,6 +3258,7 @@ handle_packet(struct conn *c, const struct mqx_packet *pk)
         handle_protocol_error(c);
         break;
     }
+    return 0;
 }
 
 /* ==== [15] Poll loop: read, decode, dispatch; listeners; signals ==== */
@@ -3253,7 +3293,7 @@ loop_parse(struct conn *c, const uint8_t *buf, size_t len)
             handle_protocol_error(c);
             break;
         }
-        handle_packet(c, &pk);
+        if (handle_packet(c, &pk)) break; /* kept for later */
         off += used;
     }
     return off;
@@ -3290,7 +3330,7 @@ loop_keep(struct conn *c, const uint8_t *p, size_t n)
     }
     b = st_alloc(cap < MQX_STORE_MIN ? MQX_STORE_MIN : cap);
     if (!b) {
-        conn_oom(c);
+        conn_oom(c, "a partial packet");
         return;
     }
     memcpy(b, p, n);
@@ -3298,6 +3338,16 @@ loop_keep(struct conn *c, const uint8_t *p, size_t n)
     c->rx = b;
     c->rx_len = (uint32_t)n;
     c->rx_cap = (uint32_t)st_block_size(b);
+}
+
+/* Parses what a throttled connection kept unread, now that the store has
+ * room again (poll() will not report those bytes). */
+static void
+loop_tail(struct conn *c)
+{
+    size_t used = loop_parse(c, c->rx, c->rx_len);
+
+    if (c->state != CONN_CLOSING) loop_keep(c, c->rx + used, c->rx_len - used);
 }
 
 static void
@@ -3309,7 +3359,15 @@ loop_read(struct conn *c)
     size_t cap = big ? c->rx_cap : MQX_SCRATCH, used;
     ssize_t n;
 
-    if (!big && have) memcpy(g.scratch, c->rx, have);
+    if (!big) {
+        /* read no more than the store's free part can keep as a tail if
+         * the packets in it cannot be stored; at least 1 KiB, so that
+         * acknowledgements, which free the store, still flow */
+        size_t room = (g.st.size - g.st.used) / 4;
+        if (room < 1024) room = 1024;
+        if (cap > have + room) cap = have + room;
+        if (have) memcpy(g.scratch, c->rx, have);
+    }
     n = recv(c->fd, buf + have, cap - have, 0);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
@@ -3456,6 +3514,7 @@ loop_expire(void)
         const char *id;
         if (c->state != CONN_NEW && c->state != CONN_ONLINE) continue;
         if (!c->deadline_ms || g.now < c->deadline_ms) continue;
+        if (c->flags & CF_THROTTLED) continue; /* we stopped reading it */
         id = conn_id(c, &n);
         if (g.cfg.connection_messages) {
             if (c->state == CONN_NEW)
@@ -3494,12 +3553,14 @@ loop_unthrottle(void)
     uint32_t i;
 
     if (!g.throttled || g.st.used > g.st.size / 4 * 3) return;
-    for (i = 0; i < g.conn_hwm; i++)
-        if (g.conns[i].flags & CF_THROTTLED) {
-            g.conns[i].flags &= (uint8_t)~CF_THROTTLED;
-            g.pfd[g.n_ls + i].events |= POLLIN;
-        }
     g.throttled = 0;
+    for (i = 0; i < g.conn_hwm; i++) {
+        struct conn *c = &g.conns[i];
+        if (!(c->flags & CF_THROTTLED)) continue;
+        c->flags &= (uint8_t)~CF_THROTTLED;
+        g.pfd[g.n_ls + i].events |= POLLIN;
+        if (c->rx_len && c->state != CONN_CLOSING) loop_tail(c);
+    }
 }
 
 static void sys_pub(const char *topic, const char *fmt, ...)

@@ -166,7 +166,7 @@ for v in ssl nossl; do
     pkgmake build-compile MAKE=echo BUILD_VARIANT=$v >"$TMP/cc-$v" 2>&1 || true
     check "$v compile line" has "$TMP/cc-$v" \
         "$(if [ $v = nossl ]; then tls=" TLS=0"; else tls=""; fi
-        echo "-C $B CC=stub-target-gcc CFLAGS=-Os -pipe -I/stub/staging/usr/include LDFLAGS=-L/stub/staging/usr/lib$tls mqttpx")"
+        echo "-C $B CC=stub-target-gcc CFLAGS=-Os -pipe -I/stub/staging/usr/include LDFLAGS=-L/stub/staging/usr/lib DEV=0$tls mqttpx")"
 done
 check "no -Werror in package" sh -c "! grep -v '^[[:space:]]*#' '$PKG/Makefile' |
     grep -q Werror"

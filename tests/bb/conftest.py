@@ -9,6 +9,7 @@ is attached to the report when the test fails.
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,9 +54,15 @@ def have_ipv6():
         return False
 
 
+_TMPDIRS = []
+
+
 def short_tmpdir():
-    """A short directory path (unix socket paths are limited to 107)."""
-    return tempfile.mkdtemp(prefix="mqx", dir="/tmp")
+    """A short directory path (unix socket paths are limited to 107);
+    removed at the end of the session."""
+    d = tempfile.mkdtemp(prefix="mqx", dir="/tmp")
+    _TMPDIRS.append(d)
+    return d
 
 
 class Broker:
@@ -85,15 +92,15 @@ class Broker:
 
     def start(self, ready=READY):
         """Spawn it; wait for the ready line (10 s) unless ready is None."""
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT,
+                                     stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
         self.threads = [
-            threading.Thread(target=self._reader, args=(self.proc.stderr,
-                                                        "stderr"), daemon=True),
-            threading.Thread(target=self._reader, args=(self.proc.stdout,
-                                                        "stdout"), daemon=True),
-        ]
+            threading.Thread(target=self._reader, args=(stream, name),
+                             daemon=True)
+            for stream, name in ((self.proc.stderr, "stderr"),
+                                 (self.proc.stdout, "stdout"))]
         for t in self.threads:
             t.start()
         if ready:
@@ -148,9 +155,8 @@ class Broker:
                 return found[0]
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(
-                    "%s: no log line %r within %.1fs" % (self.name,
-                                                         getattr(sub, "pattern", sub), timeout))
+                raise AssertionError("%s: no log line %r within %.1fs" % (
+                    self.name, getattr(sub, "pattern", sub), timeout))
             if self.proc.poll() is not None and not self.logfile:
                 # drain the readers, then one last look
                 for t in self.threads:
@@ -310,3 +316,6 @@ def _alarm(request):
 def _binary():
     if not os.path.exists(BINARY):
         pytest.exit("%s not found: run make first" % BINARY, returncode=2)
+    yield
+    for d in _TMPDIRS:
+        shutil.rmtree(d, ignore_errors=True)

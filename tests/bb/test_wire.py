@@ -65,8 +65,8 @@ def test_remaining_length_5_bytes(broker, rl):
     bad_after_connect(b, b"\x30" + rl + b"\x00\x01a")
 
 
-@pytest.mark.parametrize("topic", [b"a\xc0\x80", b"a/\xed\xa0\x80",
-                                   b"a\x00b", b"\xfe", b"\xf8\x88\x80\x80\x80"])
+@pytest.mark.parametrize("topic", [b"a\xc0\x80", b"a/\xed\xa0\x80", b"a\x00b",
+                                   b"\xfe", b"\xf8\x88\x80\x80\x80"])
 def test_publish_bad_utf8_topic(broker, topic):
     # [MQTT-1.5.3-1] ill-formed UTF-8, [MQTT-1.5.3-2] U+0000
     b = broker()

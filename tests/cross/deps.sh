@@ -99,8 +99,8 @@ fetch_src()
 {
     stamp=$SRCDIR/.$1-src
     if [ -f "$stamp" ] && [ -d "$SRCDIR/$1" ]; then return 0; fi
-    if [ $apt_updated = 0 ]; then
-        [ $IS_ROOT = 1 ] || die "run 'apt-get update' as root first"
+    # (not root: use the lists as they are; apt-get source needs no root)
+    if [ $apt_updated = 0 ] && [ $IS_ROOT = 1 ]; then
         log "apt-get update"
         apt-get update -q >/dev/null
         apt_updated=1

@@ -45,6 +45,24 @@ T0=$(date +%s)
 n_pass=0
 n_fail=0
 n_skip=0
+# show FILE...: print what exists of FILEs to stderr (failure context)
+show()
+{
+    for f in "$@"; do
+        [ -f "$f" ] && sed "s|^|  $(basename "$f"): |" "$f" >&2
+    done
+    return 0
+}
+# processes to end if we stop early (set -e, ^C)
+KILL_PIDS=""
+TMPS=""
+cleanup()
+{
+    for p in $KILL_PIDS; do kill -KILL "$p" 2>/dev/null || true; done
+    for d in $TMPS; do rm -rf "$d"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 ok() { n_pass=$((n_pass + 1)); log "PASS $*"; }
 bad() { n_fail=$((n_fail + 1)); log "FAIL $*"; }
 
@@ -80,11 +98,11 @@ build_arch()
     first=${CROSS_MBEDTLS%% *}
     jobs=""
     for v in notls $CROSS_MBEDTLS; do
-        if [ "$v" = notls ]; then t=0 mv=$first; else t=1 mv=$v; fi
+        if [ "$v" = notls ]; then on=0 mv=$first; else on=1 mv=$v; fi
         for what in mqttpx unit; do
             if [ $what = mqttpx ]; then src=$MQTTPX_SRC; else src=$UNIT_SRC; fi
             case $v in notls) o=$out/$what-notls ;; *) o=$out/$what-tls-$v ;; esac
-            compile "$1" "$o" "$src" $t "$mv" &
+            compile "$1" "$o" "$src" $on "$mv" &
             jobs="$jobs $!:$o"
             if [ "$(echo "$jobs" | wc -w)" -ge "$JOBS" ]; then
                 reap_jobs "$1"
@@ -105,7 +123,7 @@ reap_jobs()
             [ "$(wc -l <"${j#*:}.log")" -le 1 ] || sed 1d "${j#*:}.log" >&2
         else
             bad "$1 build $(basename "${j#*:}")"
-            cat "${j#*:}.log" >&2
+            cat "${j#*:}.log" >&2 || true
         fi
     done
 }
@@ -119,13 +137,13 @@ unit_arch()
     for u in "$XDIR/$1/out"/unit-*; do
         case $u in *.log) continue ;; esac
         [ -x "$u" ] || continue
-        t=$(date +%s)
-        if (cd "$ROOT/tests" && timeout "$UNIT_TIMEOUT" "$q" "$u") \
+        tu=$(date +%s)
+        if (cd "$ROOT" && timeout "$UNIT_TIMEOUT" "$q" "$u") \
             >"$u.run" 2>&1; then
-            ok "$1 $(basename "$u"): $(tail -n 1 "$u.run") ($(($(date +%s) - t)) s)"
+            ok "$1 $(basename "$u"): $(tail -n 1 "$u.run") ($(($(date +%s) - tu)) s)"
         else
             bad "$1 $(basename "$u") (exit $?)"
-            tail -n 40 "$u.run" >&2
+            tail -n 40 "$u.run" >&2 || true
         fi
     done
 }
@@ -194,6 +212,7 @@ smoke()
     q=$(arch_qemu "$1")
     b=$2
     tmp=$(mktemp -d)
+    TMPS="$TMPS $tmp"
     p1=$(free_port)
     p2=$(free_port)
     printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$p1" >"$tmp/plain.conf"
@@ -209,17 +228,19 @@ smoke()
 
     "$q" "$b" -c "$conf" -v 2>"$tmp/broker.log" &
     bpid=$!
+    KILL_PIDS="$KILL_PIDS $bpid"
     if ! wait_for "$tmp/broker.log" "listening on" 30 $bpid; then
         bad "$1 smoke: no 'listening on' from $(basename "$b")"
-        cat "$tmp/broker.log" >&2
+        show "$tmp/broker.log"
         kill -KILL $bpid 2>/dev/null || true
-        rm -rf "$tmp"
         return 0
     fi
 
-    mosquitto_sub -h 127.0.0.1 -p "$p1" -t smoke/t -C 1 -W 20 -d \
+    # line-buffered, so its SUBACK line shows before it exits
+    stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$p1" -t smoke/t -C 1 -W 20 -d \
         >"$tmp/sub.out" 2>&1 &
     spid=$!
+    KILL_PIDS="$KILL_PIDS $spid"
     if wait_for "$tmp/sub.out" "received SUBACK" 20 $spid &&
         mosquitto_pub -h 127.0.0.1 -p "$p1" -t smoke/t -m hello \
             >"$tmp/pub.out" 2>&1 &&
@@ -228,7 +249,7 @@ smoke()
     else
         bad "$1 smoke: pub/sub through $(basename "$b")"
         kill $spid 2>/dev/null || true
-        cat "$tmp/sub.out" "$tmp/pub.out" "$tmp/broker.log" >&2
+        show "$tmp/sub.out" "$tmp/pub.out" "$tmp/broker.log"
     fi
 
     if [ $proxy = 1 ]; then
@@ -236,13 +257,13 @@ smoke()
             ok "$1 smoke: PROXY v2 + CONNECT -> CONNACK 20 02 00 00"
         else
             bad "$1 smoke: PROXY v2 + CONNECT: $(tail -n 1 "$tmp/px.out")"
-            cat "$tmp/px.out" "$tmp/broker.log" >&2
+            show "$tmp/px.out" "$tmp/broker.log"
         fi
         if "$PY" -c "$PROXY_PY" "$p2" noheader >"$tmp/px.out" 2>&1; then
             ok "$1 smoke: PROXY listener refuses CONNECT without header"
         else
             bad "$1 smoke: PROXY listener without header: $(tail -n 1 "$tmp/px.out")"
-            cat "$tmp/broker.log" >&2
+            show "$tmp/px.out" "$tmp/broker.log"
         fi
         grep -q '127\.0\.0\.5' "$tmp/broker.log" ||
             log "note: $1 broker log does not name the PROXY source 127.0.0.5"
@@ -261,22 +282,21 @@ smoke()
         kill -KILL $bpid
         wait $bpid || true
         bad "$1 smoke: broker ignored SIGTERM for 10 s"
-        cat "$tmp/broker.log" >&2
+        show "$tmp/broker.log"
     elif wait $bpid; then
         ok "$1 smoke: SIGTERM, exit 0"
     else
         bad "$1 smoke: exit $? after SIGTERM"
-        tail -n 20 "$tmp/broker.log" >&2
+        show "$tmp/broker.log"
     fi
-    rm -rf "$tmp"
 }
 
 for a in "$@"; do
     arch_triplet "$a" >/dev/null
     [ -f "$XDIR/$a/.musl-done" ] || die "no musl for $a: run tests/cross/deps.sh $a"
-    t=$(date +%s)
+    ta=$(date +%s)
     build_arch "$a"
-    log "$a: built in $(($(date +%s) - t)) s"
+    log "$a: built in $(($(date +%s) - ta)) s"
     [ $BUILD_ONLY = 1 ] && continue
     unit_arch "$a"
     bin=$XDIR/$a/out/mqttpx-tls-${CROSS_MBEDTLS%% *}
