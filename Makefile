@@ -24,7 +24,8 @@ endif
 
 # Debian packages the tests need (make test installs them when root).
 TEST_PKGS = gcc clang make libmbedtls-dev mosquitto mosquitto-clients \
-            python3 python3-paho-mqtt python3-pytest haproxy openssl \
+            python3 python3-paho-mqtt python3-pytest python3-pytest-timeout \
+            haproxy openssl \
             shellcheck clang-format cppcheck
 
 all: mqttpx

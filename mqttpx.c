@@ -84,6 +84,13 @@
 #define MQX_MAX_CONNECTIONS 65535 /* ceiling of the connection pool */
 #endif
 
+#ifndef MQX_MAX_TRUSTED
+#define MQX_MAX_TRUSTED 16 /* proxy_protocol_trusted_sources per listener */
+#endif
+#if MQX_MAX_TRUSTED < 1 || MQX_MAX_TRUSTED > 255
+#error "MQX_MAX_TRUSTED must be 1..255"
+#endif
+
 #ifndef MQX_CFG_DEPTH
 #define MQX_CFG_DEPTH 4 /* include_dir nesting */
 #endif
@@ -124,6 +131,16 @@ struct listener {
     uint32_t n_conns;        /* open connections on this listener */
     const char *file;        /* where it was declared, for errors */
     int line;
+    /* PROXY protocol (R1-R8), all per listener */
+    uint8_t proxy; /* enable_proxy_protocol: 0, 1 or 2 */
+    uint8_t proxy_require_tls;
+    uint8_t require_certificate;
+    uint8_t use_identity; /* use_identity_as_username */
+    uint8_t proxy_local_close;
+    uint8_t n_trusted;
+    int64_t proxy_timeout;                             /* seconds */
+    int line_tls, line_cert, line_ident, line_timeout; /* for R5 errors */
+    struct mqx_cidr trusted[MQX_MAX_TRUSTED];
 };
 
 /* Every option's value. Numbers are int64_t so one table parses them. */
@@ -256,7 +273,15 @@ struct sess {
     uint64_t dropped;  /* messages dropped for this session */
 };
 
-enum { CONN_FREE = 0, CONN_NEW, CONN_ONLINE, CONN_CLOSING };
+enum { CONN_FREE = 0, CONN_PROXY, CONN_NEW, CONN_ONLINE, CONN_CLOSING };
+/* What the PROXY header said, kept per connection (R45) */
+enum {
+    PP_VIA = 1,   /* a header was accepted: addr is the proxied client */
+    PP_LOCAL = 2, /* LOCAL or UNKNOWN: addr is the real peer (R31, R24) */
+    PP_DENY = 4,  /* LOCAL whose TLS facts fail the listener: CONNACK 5 */
+    PP_NO_CN = 8, /* identity required, no usable CN: CONNACK 4 (R43) */
+    PP_MQTT = 16, /* an MQTT byte followed: the summary line is logged */
+};
 enum {
     CF_DIRTY = 1,      /* in g.dirty: output to fill or flush */
     CF_THROTTLED = 2,  /* not reading: the store is nearly full */
@@ -282,6 +307,9 @@ struct conn {
     uint8_t *tx; /* pending output (store block), NULL when none */
     uint32_t tx_len, tx_off, tx_cap;
     char addr[MQX_ADDR_LEN]; /* client address, as logs show it */
+    uint8_t pp;              /* PP_* bits */
+    uint8_t *pp_info;        /* store block: "via\0summary\0CN" (PROXY only) */
+    uint16_t pp_cn_len;      /* CN bytes at the end of pp_info */
 };
 
 struct lsock {
@@ -343,6 +371,8 @@ struct broker {
     /* $SYS counters */
     uint64_t msgs_rx, msgs_tx, bytes_rx, bytes_tx, pub_dropped;
     uint64_t conns_refused, conns_total;
+    /* R57 */
+    uint64_t pp_accepted, pp_rejected, pp_timeout, pp_local, pp_untrusted;
 };
 
 static struct broker g;
@@ -417,6 +447,17 @@ now_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Copies a C string, cut to fit cap (cap > 0). */
+static void
+str_set(char *dst, size_t cap, const char *src)
+{
+    size_t n = strlen(src);
+
+    if (n >= cap) n = cap - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
 }
 
 static int
@@ -561,6 +602,18 @@ log_limit(int64_t *last_ms, uint32_t *suppressed)
     *suppressed = 0;
     *last_ms = g.now ? g.now : 1;
     return n;
+}
+
+/* The tail of a rate-limited line: "" or " (N similar suppressed)". */
+static const char *
+log_suppressed(int64_t k)
+{
+    static char buf[48];
+
+    buf[0] = '\0';
+    if (k > 0)
+        snprintf(buf, sizeof buf, " (%lld similar suppressed)", (long long)k);
+    return buf;
 }
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)))
@@ -892,6 +945,27 @@ static const struct cfg_key cfg_keys[] = {
            "1y); default never"),
     CK_INT(sys_interval, CT_INT, 0, 65535, 10,
            "seconds between $SYS updates; 0: off"),
+    CK_SPECIAL("enable_proxy_protocol",
+               "after a listener: 1 or 2, every connection starts with a "
+               "PROXY v1 or v2 header (R1)"),
+    CK_SPECIAL("proxy_protocol_v2_require_tls",
+               "PROXY v2 listener: refuse clients that did not use TLS to the "
+               "proxy (R2, R40)"),
+    CK_SPECIAL("require_certificate",
+               "PROXY v2 listener: refuse clients without a verified "
+               "certificate at the proxy (R3, R41)"),
+    CK_SPECIAL("use_identity_as_username",
+               "PROXY v2 listener: the certificate CN is the username (R4, "
+               "R43); needs require_certificate"),
+    CK_SPECIAL("proxy_protocol_trusted_sources",
+               "PROXY listener: CIDRs allowed to connect (R6, R10); "
+               "repeatable"),
+    CK_SPECIAL("proxy_protocol_timeout",
+               "PROXY listener: seconds for the header, 1-300, default 5 "
+               "(R7, R20)"),
+    CK_SPECIAL("proxy_protocol_local",
+               "PROXY listener: accept | close LOCAL connections (R8), "
+               "default accept"),
     CK_SPECIAL("log_dest", "stderr | stdout | syslog | file PATH | none; "
                            "several lines add up; default stderr"),
     CK_SPECIAL("log_type", "error | warning | notice | information | "
@@ -1120,6 +1194,7 @@ cfg_listener(struct cfg *c, const char *file, int line, const char *port,
     l->port = (uint16_t)p;
     l->is_unix = p == 0;
     l->max_connections = -1;
+    l->proxy_timeout = 5; /* R7 */
     l->file = file;
     l->line = line;
     c->n_lsn++;
@@ -1198,6 +1273,107 @@ cfg_intern(const char *s)
 }
 
 static int
+cfg_bool(const char *v, uint8_t *out)
+{
+    if (strcmp(v, "true") == 0)
+        *out = 1;
+    else if (strcmp(v, "false") == 0)
+        *out = 0;
+    else
+        return -1;
+    return 0;
+}
+
+/* The listener options of the PROXY protocol (R1-R8). */
+static int
+cfg_proxy(struct cfg *c, const char *file, int line, const char *key,
+          char **arg, int n_arg)
+{
+    struct listener *l;
+    int i;
+
+    if (c->n_lsn == 0) {
+        cfg_err(c, file, line, "%s must follow a listener line", key);
+        return -1;
+    }
+    l = &c->lsn[c->n_lsn - 1];
+    if (strcmp(key, "proxy_protocol_trusted_sources") == 0) {
+        if (n_arg < 1) {
+            cfg_err(c, file, line, "%s: expected one or more CIDRs", key);
+            return -1;
+        }
+        for (i = 0; i < n_arg; i++) {
+            struct mqx_cidr *cd = &l->trusted[l->n_trusted];
+            if (l->n_trusted >= MQX_MAX_TRUSTED) {
+                cfg_err(c, file, line, "%s: more than %d entries", key,
+                        MQX_MAX_TRUSTED);
+                return -1;
+            }
+            if (mqx_proxy_cidr_parse(arg[i], strlen(arg[i]), cd) != MQX_DONE) {
+                cfg_err(c, file, line, "%s: invalid address or CIDR '%s'", key,
+                        arg[i]);
+                return -1;
+            }
+            l->n_trusted++;
+        }
+        return 0;
+    }
+    if (n_arg != 1) {
+        cfg_err(c, file, line, "%s: expected one value", key);
+        return -1;
+    }
+    if (strcmp(key, "enable_proxy_protocol") == 0) {
+        if (strcmp(arg[0], "1") && strcmp(arg[0], "2")) {
+            cfg_err(c, file, line, "enable_proxy_protocol must be 1 or 2.");
+            return -1;
+        }
+        l->proxy = (uint8_t)(arg[0][0] - '0');
+        return 0;
+    }
+    if (strcmp(key, "proxy_protocol_timeout") == 0) {
+        int64_t v;
+        if (cfg_number(arg[0], CT_INT, &v) || v < 1 || v > 300) {
+            cfg_err(c, file, line, "%s: expected 1..300 seconds, not '%s'", key,
+                    arg[0]);
+            return -1;
+        }
+        l->proxy_timeout = v;
+        l->line_timeout = line;
+        return 0;
+    }
+    if (strcmp(key, "proxy_protocol_local") == 0) {
+        if (strcmp(arg[0], "accept") && strcmp(arg[0], "close")) {
+            cfg_err(c, file, line, "%s: expected accept or close", key);
+            return -1;
+        }
+        l->proxy_local_close = arg[0][0] == 'c';
+        return 0;
+    }
+    {
+        uint8_t *field = strcmp(key, "require_certificate") == 0
+                             ? &l->require_certificate
+                         : strcmp(key, "use_identity_as_username") == 0
+                             ? &l->use_identity
+                             : &l->proxy_require_tls;
+        int *where = field == &l->require_certificate ? &l->line_cert
+                     : field == &l->use_identity      ? &l->line_ident
+                                                      : &l->line_tls;
+        if (field == &l->proxy_require_tls &&
+            strcmp(key, "proxy_protocol_v2_require_tls")) {
+            cfg_err(c, file, line, "unknown option '%s'", key);
+            return -1;
+        }
+        if (cfg_bool(arg[0], field)) {
+            cfg_err(c, file, line, "%s: expected true or false, not '%s'", key,
+                    arg[0]);
+            return -1;
+        }
+        *where = line;
+    }
+    return 0;
+}
+
+static int
 cfg_special(struct cfg *c, const char *file, int line, const char *key,
             char **arg, int n_arg, int depth)
 {
@@ -1227,6 +1403,11 @@ cfg_special(struct cfg *c, const char *file, int line, const char *key,
             c->max_connections = v;
         return 0;
     }
+    if (strncmp(key, "proxy_protocol", 14) == 0 ||
+        strcmp(key, "enable_proxy_protocol") == 0 ||
+        strcmp(key, "require_certificate") == 0 ||
+        strcmp(key, "use_identity_as_username") == 0)
+        return cfg_proxy(c, file, line, key, arg, n_arg);
     if (strcmp(key, "log_type") == 0) {
         for (i = 0; i < n_arg; i++)
             if (cfg_log_type(c, file, line, arg[i])) return -1;
@@ -1418,6 +1599,996 @@ cfg_finish(struct cfg *c)
         return -1;
     }
     if (c->max_packet_size < 128) c->max_packet_size = 128;
+    for (uint32_t i = 0; i < c->n_lsn; i++) {
+        const struct listener *l = &c->lsn[i];
+        int bad_line = l->line_tls && l->proxy_require_tls      ? l->line_tls
+                       : l->line_cert && l->require_certificate ? l->line_cert
+                       : l->line_ident && l->use_identity       ? l->line_ident
+                                                                : 0;
+        const char *what = bad_line == l->line_tls && l->line_tls
+                               ? "proxy_protocol_v2_require_tls"
+                           : bad_line == l->line_cert && l->line_cert
+                               ? "require_certificate"
+                               : "use_identity_as_username";
+        if (bad_line && l->proxy != 2) { /* R5 */
+            cfg_err(c, l->file, bad_line,
+                    "listener %u: %s needs enable_proxy_protocol 2 (%s)",
+                    l->port, what,
+                    l->proxy == 1 ? "PROXY v1 carries no TLS facts"
+                                  : "TLS listeners are not supported yet");
+            return -1;
+        }
+        if (l->use_identity && !l->require_certificate) { /* R5 */
+            cfg_err(c, l->file, l->line_ident,
+                    "listener %u: use_identity_as_username needs "
+                    "require_certificate true",
+                    l->port);
+            return -1;
+        }
+        if (!l->proxy && (l->n_trusted || l->line_timeout)) {
+            cfg_err(c, l->file, l->line,
+                    "listener %u: proxy_protocol options without "
+                    "enable_proxy_protocol",
+                    l->port);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ==== [6] PROXY v1/v2 parser ==== */
+/* Decodes one PROXY header from the bytes received so far (R13-R31), checks
+ * CRC32C, and answers the TLS, username, address-text and trusted-source
+ * questions of R6, R10, R30, R40-R43. Pure; uses <string.h> only. */
+
+static const uint8_t pp_sig[12] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
+                                   0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a};
+static const uint8_t pp_v1_prefix[6] = {'P', 'R', 'O', 'X', 'Y', ' '};
+static const uint16_t pp_addr_len[4] = {0, 12, 36, 216}; /* R27 by family */
+
+/* R55: the reference model's texts (proxy-ref.py), index enum mqx_proxy_err */
+static const char *const pp_reasons[] = {
+    NULL,
+    "bad listener mode",
+    "bad v1 signature",
+    "v2 signature on a v1 listener",
+    "bare LF in v1 line",
+    "CR not followed by LF in v1 line",
+    "v1 line longer than 107 bytes",
+    "non-ASCII v1 line",
+    "malformed v1 line",
+    "bad address in v1 line",
+    "bad port in v1 line",
+    "bad v2 signature",
+    "v1 header on a v2 listener",
+    "bad v2 version",
+    "bad v2 command",
+    "invalid address family/transport",
+    "unsupported family for PROXY command",
+    "address block shorter than family requires",
+    "v2 header too large",
+    "truncated TLV header",
+    "TLV overruns header",
+    "duplicate TLV",
+    "CRC32C TLV length != 4",
+    "AUTHORITY too long",
+    "UNIQUE_ID longer than 128",
+    "SSL TLV shorter than 5 bytes",
+    "truncated SSL sub-TLV header",
+    "SSL sub-TLV overruns SSL TLV",
+    "duplicate SSL sub-TLV",
+    "CRC32C mismatch",
+};
+_Static_assert(sizeof pp_reasons / sizeof pp_reasons[0] ==
+                   MQX_PROXY_E_CRC_MISMATCH + 1,
+               "pp_reasons must follow enum mqx_proxy_err");
+
+static uint16_t
+pp_be16(const uint8_t *p)
+{
+    return (uint16_t)((unsigned)p[0] << 8 | p[1]);
+}
+
+static uint32_t
+pp_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+           p[3];
+}
+
+/* CRC-32C (Castagnoli, reflected 0x82F63B78), chainable like zlib's crc32:
+ * mqx_crc32c(0, "123456789", 9) == 0xE3069283. Nibble table: 64 bytes. */
+uint32_t
+mqx_crc32c(uint32_t crc, const uint8_t *p, size_t n)
+{
+    static const uint32_t t[16] = {
+        0x00000000, 0x105ec76f, 0x20bd8ede, 0x30e349b1, 0x417b1dbc, 0x5125dad3,
+        0x61c69362, 0x7198540d, 0x82f63b78, 0x92a8fc17, 0xa24bb5a6, 0xb21572c9,
+        0xc38d26c4, 0xd3d3e1ab, 0xe330a81a, 0xf36e6f75,
+    };
+    size_t i;
+
+    crc = ~crc;
+    for (i = 0; i < n; i++) {
+        crc ^= p[i];
+        crc = (crc >> 4) ^ t[crc & 15];
+        crc = (crc >> 4) ^ t[crc & 15];
+    }
+    return ~crc;
+}
+
+static enum mqx_rc
+pp_fail(struct mqx_proxy *out, enum mqx_proxy_err err)
+{
+    out->err = (uint8_t)err;
+    out->reason = pp_reasons[err];
+    return MQX_BAD;
+}
+
+/* R54: guess what a header-less client sent, from its first bytes. */
+static uint8_t
+pp_hint(const uint8_t *buf, size_t len)
+{
+    if (buf[0] == 0x10) return MQX_PROXY_HINT_MQTT;
+    if (buf[0] == 0x16) return MQX_PROXY_HINT_TLS;
+    if (len >= 4 && memcmp(buf, "GET ", 4) == 0) return MQX_PROXY_HINT_HTTP;
+    return MQX_PROXY_HINT_NONE;
+}
+
+/* Texts appended to a signature error (proxy-ref.py _hint()); "" for the
+ * version mismatches, whose reason already says it. */
+const char *
+mqx_proxy_hint_str(int hint)
+{
+    switch (hint) {
+    case MQX_PROXY_HINT_MQTT:
+        return " (looks like MQTT CONNECT without PROXY header)";
+    case MQX_PROXY_HINT_TLS:
+        return " (looks like a TLS ClientHello: TLS must be terminated by "
+               "the proxy)";
+    case MQX_PROXY_HINT_HTTP:
+        return " (looks like HTTP without PROXY header)";
+    default:
+        return "";
+    }
+}
+
+/* Dotted quad with glibc inet_pton() rules: exactly four decimal octets,
+ * 0..255, no leading zeros. 0 ok, -1 bad. */
+static int
+pp_pton4(const uint8_t *s, size_t n, uint8_t *dst)
+{
+    uint8_t tmp[4] = {0, 0, 0, 0};
+    unsigned val = 0, octets = 0;
+    int saw = 0;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (s[i] >= '0' && s[i] <= '9') {
+            if (saw && val == 0) return -1; /* leading zero */
+            val = val * 10 + (unsigned)(s[i] - '0');
+            if (val > 255) return -1;
+            if (!saw) {
+                if (++octets > 4) return -1;
+                saw = 1;
+            }
+        } else if (s[i] == '.' && saw) {
+            if (octets == 4) return -1;
+            tmp[octets - 1] = (uint8_t)val;
+            val = 0;
+            saw = 0;
+        } else {
+            return -1;
+        }
+    }
+    if (octets < 4) return -1;
+    tmp[3] = (uint8_t)val;
+    memcpy(dst, tmp, 4);
+    return 0;
+}
+
+static int
+pp_hexval(uint8_t c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* IPv6 text with glibc inet_pton() rules (also what proxy-ref.py gets from
+ * Python), so v1 acceptance does not depend on the libc. 0 ok, -1 bad. */
+static int
+pp_pton6(const uint8_t *s, size_t n, uint8_t *dst)
+{
+    uint8_t tmp[16];
+    size_t i = 0, tp = 0, curtok, xd = 0, colon = SIZE_MAX;
+    unsigned val = 0;
+
+    memset(tmp, 0, sizeof tmp);
+    if (n == 0) return -1;
+    if (s[0] == ':') { /* a leading ':' must be "::" */
+        if (n < 2 || s[1] != ':') return -1;
+        i = 1;
+    }
+    curtok = i;
+    while (i < n) {
+        uint8_t c = s[i++];
+        int d = pp_hexval(c);
+
+        if (d >= 0) {
+            if (xd == 4) return -1;
+            val = val << 4 | (unsigned)d;
+            xd++;
+            continue;
+        }
+        if (c == ':') {
+            curtok = i;
+            if (xd == 0) {
+                if (colon != SIZE_MAX) return -1; /* second "::" */
+                colon = tp;
+                continue;
+            }
+            if (i == n || tp + 2 > 16)
+                return -1; /* trailing ':' or too many groups */
+            tmp[tp++] = (uint8_t)(val >> 8);
+            tmp[tp++] = (uint8_t)val;
+            xd = 0;
+            val = 0;
+            continue;
+        }
+        if (c == '.' && tp + 4 <= 16 &&
+            pp_pton4(s + curtok, n - curtok, tmp + tp) == 0) {
+            tp += 4; /* embedded dotted quad ends the text */
+            xd = 0;
+            break;
+        }
+        return -1;
+    }
+    if (xd > 0) {
+        if (tp + 2 > 16) return -1;
+        tmp[tp++] = (uint8_t)(val >> 8);
+        tmp[tp++] = (uint8_t)val;
+    }
+    if (colon != SIZE_MAX) {
+        size_t k = tp - colon;
+
+        if (tp == 16) return -1; /* "::" would stand for no group */
+        memmove(tmp + 16 - k, tmp + colon, k);
+        memset(tmp + colon, 0, 16 - k - colon);
+        tp = 16;
+    }
+    if (tp != 16) return -1;
+    memcpy(dst, tmp, 16);
+    return 0;
+}
+
+/* R25: decimal, no sign, no leading zero, 1..65535. 0 ok, -1 bad. */
+static int
+pp_port(const uint8_t *s, size_t n, uint16_t *port)
+{
+    uint32_t v = 0;
+    size_t i;
+
+    if (n == 0 || n > 5 || (n > 1 && s[0] == '0')) return -1;
+    for (i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        v = v * 10 + (uint32_t)(s[i] - '0');
+    }
+    if (v < 1 || v > 65535) return -1;
+    *port = (uint16_t)v;
+    return 0;
+}
+
+/* R23-R26: the complete line buf[0..end) (CRLF excluded), which starts with
+ * "PROXY ". Fields split on single spaces, so "a  b" has an empty field. */
+static enum mqx_rc
+pp_v1_line(const uint8_t *buf, size_t end, struct mqx_proxy *out)
+{
+    size_t fs[7] = {0}, fe[7] = {0}, nf = 0, start = 0, i;
+    int fam;
+
+    for (i = 0; i < end; i++)
+        if (buf[i] & 0x80) return pp_fail(out, MQX_PROXY_E_V1_ASCII);
+    for (i = 0; i <= end; i++) {
+        if (i == end || buf[i] == ' ') {
+            if (nf < 7) {
+                fs[nf] = start;
+                fe[nf] = i;
+            }
+            nf++;
+            start = i + 1;
+        }
+    }
+    /* nf >= 2: the line starts with "PROXY " */
+    if (fe[1] - fs[1] == 7 && memcmp(buf + fs[1], "UNKNOWN", 7) == 0) {
+        out->command = MQX_PROXY_CMD_UNKNOWN; /* R24: rest ignored */
+        return MQX_DONE;
+    }
+    if (nf != 6 || fe[1] - fs[1] != 4 || memcmp(buf + fs[1], "TCP", 3) != 0)
+        return pp_fail(out, MQX_PROXY_E_V1_MALFORMED); /* R25 [V1-16] */
+    if (buf[fs[1] + 3] == '4')
+        fam = MQX_PROXY_AF_INET;
+    else if (buf[fs[1] + 3] == '6')
+        fam = MQX_PROXY_AF_INET6;
+    else
+        return pp_fail(out, MQX_PROXY_E_V1_MALFORMED); /* [V1-10] */
+    if (fam == MQX_PROXY_AF_INET) {
+        if (pp_pton4(buf + fs[2], fe[2] - fs[2], out->src_addr) < 0 ||
+            pp_pton4(buf + fs[3], fe[3] - fs[3], out->dst_addr) < 0)
+            return pp_fail(out, MQX_PROXY_E_V1_ADDR); /* [V1-15] */
+    } else {
+        if (pp_pton6(buf + fs[2], fe[2] - fs[2], out->src_addr) < 0 ||
+            pp_pton6(buf + fs[3], fe[3] - fs[3], out->dst_addr) < 0)
+            return pp_fail(out, MQX_PROXY_E_V1_ADDR);
+    }
+    if (pp_port(buf + fs[4], fe[4] - fs[4], &out->src_port) < 0 ||
+        pp_port(buf + fs[5], fe[5] - fs[5], &out->dst_port) < 0)
+        return pp_fail(out, MQX_PROXY_E_V1_PORT); /* [V1-12..14] */
+    out->command = MQX_PROXY_CMD_PROXY;
+    out->family = (uint8_t)fam;
+    return MQX_DONE;
+}
+
+/* v1: the signature is checked byte by byte (R16), the 107-byte limit at
+ * once (R18); the fields only when CRLF has arrived [V1-07]. */
+static enum mqx_rc
+pp_v1(const uint8_t *buf, size_t len, struct mqx_proxy *out, size_t *used)
+{
+    size_t n = len < 6 ? len : 6, lim, i;
+    enum mqx_rc rc;
+
+    if (memcmp(buf, pp_v1_prefix, n) != 0) {
+        if (memcmp(buf, pp_sig, len < 12 ? len : 12) == 0) { /* R13 */
+            out->hint = MQX_PROXY_HINT_V2_ON_V1;
+            return pp_fail(out, MQX_PROXY_E_V2_ON_V1);
+        }
+        out->hint = pp_hint(buf, len); /* R54 */
+        return pp_fail(out, MQX_PROXY_E_V1_SIG);
+    }
+    if (len < 6) return MQX_MORE;
+    lim = len < MQX_PROXY_V1_MAX ? len : MQX_PROXY_V1_MAX;
+    for (i = 6; i < lim; i++) {
+        if (buf[i] == '\n')
+            return pp_fail(out, MQX_PROXY_E_V1_BARE_LF); /* R23 [V1-09] */
+        if (buf[i] == '\r') break;
+    }
+    if (i == lim) /* no CR yet */
+        return len >= MQX_PROXY_V1_MAX ? pp_fail(out, MQX_PROXY_E_V1_LONG)
+                                       : MQX_MORE;
+    if (i + 1 >= MQX_PROXY_V1_MAX)
+        return pp_fail(out, MQX_PROXY_E_V1_LONG); /* LF would be byte 108 */
+    if (i + 1 >= len) return MQX_MORE;
+    if (buf[i + 1] != '\n') return pp_fail(out, MQX_PROXY_E_V1_CR); /* R23 */
+    rc = pp_v1_line(buf, i, out);
+    if (rc == MQX_DONE) *used = i + 2; /* R17 */
+    return rc;
+}
+
+static enum mqx_rc
+pp_dup(struct mqx_proxy *out, enum mqx_proxy_err err, uint8_t type)
+{
+    static const char *const tlv[] = {
+        "duplicate TLV 0x02", "duplicate TLV 0x03", "duplicate TLV 0x05",
+        "duplicate TLV 0x20"};
+    static const char *const sub[] = {
+        "duplicate SSL sub-TLV 0x21", "duplicate SSL sub-TLV 0x22",
+        "duplicate SSL sub-TLV 0x23", "duplicate SSL sub-TLV 0x24",
+        "duplicate SSL sub-TLV 0x25", "duplicate SSL sub-TLV 0x26",
+        "duplicate SSL sub-TLV 0x27"};
+
+    pp_fail(out, err);
+    if (err == MQX_PROXY_E_SSL_SUB_DUP)
+        out->reason = sub[type - MQX_PP2_SUBTYPE_SSL_VERSION];
+    else
+        out->reason = tlv[type == 0x02   ? 0
+                          : type == 0x03 ? 1
+                          : type == 0x05 ? 2
+                                         : 3];
+    return MQX_BAD;
+}
+
+/* R29: the SSL TLV value v[0..n), n >= 5; sub-TLVs must fit inside it. */
+static enum mqx_rc
+pp_ssl(const uint8_t *v, size_t n, struct mqx_proxy *out)
+{
+    struct mqx_proxy_tls *tls = &out->tls;
+    size_t pos = 5;
+
+    tls->present = 1;
+    tls->client = v[0];
+    tls->verify = pp_be32(v + 1);
+    while (pos < n) {
+        struct mqx_str *slot = NULL;
+        uint8_t t;
+        size_t vl;
+
+        if (n - pos < 3) return pp_fail(out, MQX_PROXY_E_SSL_SUB_TRUNC);
+        t = v[pos];
+        vl = pp_be16(v + pos + 1);
+        if (vl > n - pos - 3)
+            return pp_fail(out, MQX_PROXY_E_SSL_SUB_OVERRUN); /* [V2-24] */
+        switch (t) {
+        case MQX_PP2_SUBTYPE_SSL_VERSION:
+            slot = &tls->version;
+            break;
+        case MQX_PP2_SUBTYPE_SSL_CN:
+            slot = &tls->cn;
+            break;
+        case MQX_PP2_SUBTYPE_SSL_CIPHER:
+            slot = &tls->cipher;
+            break;
+        case MQX_PP2_SUBTYPE_SSL_SIG_ALG:
+            slot = &tls->sig_alg;
+            break;
+        case MQX_PP2_SUBTYPE_SSL_KEY_ALG:
+            slot = &tls->key_alg;
+            break;
+        case MQX_PP2_SUBTYPE_SSL_GROUP:
+            slot = &tls->group;
+            break;
+        case MQX_PP2_SUBTYPE_SSL_SIG_SCHEME:
+            slot = &tls->sig_scheme;
+            break;
+        case MQX_PP2_SUBTYPE_SSL_CLIENT_CERT: /* skipped, length kept */
+            tls->has_client_cert = 1;
+            tls->client_cert_len = (uint32_t)vl;
+            break;
+        default: /* unknown sub-types are skipped */
+            break;
+        }
+        if (slot != NULL) {
+            if (slot->p != NULL) return pp_dup(out, MQX_PROXY_E_SSL_SUB_DUP, t);
+            slot->p = v + pos + 3;
+            slot->len = (uint32_t)vl;
+        }
+        pos += 3 + vl;
+    }
+    return MQX_DONE;
+}
+
+/* R28: walk the TLVs in buf[pos..end) as far as buf[0..avail) allows, so a
+ * bad TLV is refused as soon as it has arrived (R16); MQX_MORE if the
+ * walk is fine so far. A CRC32C value position goes to *crc_at. */
+static enum mqx_rc
+pp_tlvs(const uint8_t *buf, size_t pos, size_t avail, size_t end,
+        struct mqx_proxy *out, size_t *crc_at)
+{
+    unsigned seen = 0; /* R28: one bit per type that must not repeat */
+
+    while (pos < end) {
+        uint8_t t;
+        size_t vl, vs;
+        unsigned bit;
+        struct mqx_str v;
+
+        if (end - pos < 3)
+            return pp_fail(out, MQX_PROXY_E_TLV_TRUNC); /* [V2-21] */
+        if (avail - pos < 3) return MQX_MORE;
+        t = buf[pos];
+        vl = pp_be16(buf + pos + 1);
+        vs = pos + 3;
+        if (vl > end - vs)
+            return pp_fail(out, MQX_PROXY_E_TLV_OVERRUN); /* [V2-20, 22] */
+        bit = t == MQX_PP2_TYPE_AUTHORITY   ? 1u
+              : t == MQX_PP2_TYPE_CRC32C    ? 2u
+              : t == MQX_PP2_TYPE_UNIQUE_ID ? 4u
+              : t == MQX_PP2_TYPE_SSL       ? 8u
+                                            : 0u;
+        if (seen & bit)
+            return pp_dup(out, MQX_PROXY_E_TLV_DUP, t); /* [V2-25] */
+        seen |= bit;
+        if (t == MQX_PP2_TYPE_CRC32C && vl != 4)
+            return pp_fail(out, MQX_PROXY_E_CRC_LEN); /* [V2-35] */
+        if (t == MQX_PP2_TYPE_AUTHORITY && vl > MQX_PP2_AUTHORITY_MAX)
+            return pp_fail(out, MQX_PROXY_E_AUTHORITY_LONG);
+        if (t == MQX_PP2_TYPE_UNIQUE_ID && vl > MQX_PP2_UNIQUE_ID_MAX)
+            return pp_fail(out, MQX_PROXY_E_UNIQUE_ID_LONG);
+        if (t == MQX_PP2_TYPE_SSL && vl < 5)
+            return pp_fail(out, MQX_PROXY_E_SSL_SHORT); /* [V2-23] */
+        if (avail - vs < vl) return MQX_MORE;
+        v.p = buf + vs;
+        v.len = (uint32_t)vl;
+        switch (t) {
+        case MQX_PP2_TYPE_ALPN: /* may repeat: the last one is kept */
+            out->alpn = v;
+            break;
+        case MQX_PP2_TYPE_AUTHORITY:
+            out->authority = v;
+            break;
+        case MQX_PP2_TYPE_CRC32C:
+            *crc_at = vs;
+            break;
+        case MQX_PP2_TYPE_UNIQUE_ID:
+            out->unique_id = v;
+            break;
+        case MQX_PP2_TYPE_SSL:
+            if (pp_ssl(v.p, vl, out) != MQX_DONE) return MQX_BAD;
+            break;
+        default: /* NOOP, NETNS, 0xE0-0xFF, unassigned: skipped [V2-36] */
+            break;
+        }
+        pos = vs + vl;
+    }
+    return MQX_DONE;
+}
+
+/* v2 (R27-R31): fixed part checked as bytes 1-16 arrive (R16), then the
+ * body; TLVs are validated for LOCAL too (R31). */
+static enum mqx_rc
+pp_v2(const uint8_t *buf, size_t len, struct mqx_proxy *out, size_t *used)
+{
+    static const uint8_t zero4[4] = {0, 0, 0, 0};
+    size_t total, avail, alen, crc_at = 0;
+    unsigned cmd, fam;
+    enum mqx_rc rc;
+
+    if (memcmp(buf, pp_sig, len < 12 ? len : 12) != 0) {
+        if (memcmp(buf, pp_v1_prefix, len < 6 ? len : 6) == 0) { /* R13 */
+            out->hint = MQX_PROXY_HINT_V1_ON_V2;
+            return pp_fail(out, MQX_PROXY_E_V1_ON_V2);
+        }
+        out->hint = pp_hint(buf, len); /* R54 */
+        return pp_fail(out, MQX_PROXY_E_V2_SIG);
+    }
+    if (len < 13) return MQX_MORE;
+    if (buf[12] >> 4 != 2)
+        return pp_fail(out, MQX_PROXY_E_V2_VERSION); /* [V2-14] */
+    cmd = buf[12] & 15u;
+    if (cmd > 1) return pp_fail(out, MQX_PROXY_E_V2_COMMAND); /* [V2-15] */
+    if (len < 14) return MQX_MORE;
+    fam = (unsigned)buf[13] >> 4;
+    if (fam > 3 || (buf[13] & 15) > 2)
+        return pp_fail(out, MQX_PROXY_E_V2_FAMILY); /* [V2-12] */
+    /* R27 [V2-10, V2-11]: known at byte 14, so refused here (R16) */
+    if (cmd == MQX_PROXY_CMD_PROXY && (fam == 0 || (buf[13] & 15) != 1))
+        return pp_fail(out, MQX_PROXY_E_V2_PROXY_FAMILY);
+    if (len < 16) return MQX_MORE;
+    total = 16 + (size_t)pp_be16(buf + 14);
+    if (total > MQX_PROXY_V2_MAX) { /* R19 [V2-18]: before any body byte */
+        pp_fail(out, MQX_PROXY_E_V2_TOO_LARGE);
+        return MQX_BIG;
+    }
+    alen = pp_addr_len[fam];
+    if (total - 16 < alen)
+        return pp_fail(out, MQX_PROXY_E_V2_ADDR_SHORT); /* [V2-05,16,17] */
+    avail = len < total ? len : total;
+    if (avail < 16 + alen) return MQX_MORE;
+    rc = pp_tlvs(buf, 16 + alen, avail, total, out, &crc_at);
+    if (rc != MQX_DONE) return rc;
+    if (crc_at != 0) { /* R28: CRC over the header, its value as zeros */
+        uint32_t crc = mqx_crc32c(0, buf, crc_at);
+
+        crc = mqx_crc32c(crc, zero4, 4);
+        crc = mqx_crc32c(crc, buf + crc_at + 4, total - crc_at - 4);
+        if (crc != pp_be32(buf + crc_at))
+            return pp_fail(out, MQX_PROXY_E_CRC_MISMATCH); /* [V2-32, 33] */
+        out->crc_verified = 1;
+    }
+    out->command = (uint8_t)cmd;
+    out->fam_byte = buf[13];
+    if (cmd == MQX_PROXY_CMD_PROXY) { /* R30; LOCAL skips the block (R31) */
+        const uint8_t *a = buf + 16;
+        const uint8_t *z;
+
+        out->family = (uint8_t)fam;
+        if (fam == MQX_PROXY_AF_INET) {
+            memcpy(out->src_addr, a, 4);
+            memcpy(out->dst_addr, a + 4, 4);
+            out->src_port = pp_be16(a + 8);
+            out->dst_port = pp_be16(a + 10);
+        } else if (fam == MQX_PROXY_AF_INET6) {
+            memcpy(out->src_addr, a, 16);
+            memcpy(out->dst_addr, a + 16, 16);
+            out->src_port = pp_be16(a + 32);
+            out->dst_port = pp_be16(a + 34);
+        } else { /* UNIX: two 108-byte paths, each up to its first NUL */
+            z = memchr(a, 0, 108);
+            out->src_path.p = a;
+            out->src_path.len = (uint32_t)(z != NULL ? z - a : 108);
+            z = memchr(a + 108, 0, 108);
+            out->dst_path.p = a + 108;
+            out->dst_path.len = (uint32_t)(z != NULL ? z - (a + 108) : 108);
+        }
+    }
+    *used = total; /* R17 */
+    return MQX_DONE;
+}
+
+/* Decodes a PROXY header of the given version (the listener's
+ * enable_proxy_protocol) from buf[0..len), the whole prefix received so
+ * far (R15). MQX_DONE: *used = header length, buf + *used goes to MQTT
+ * untouched (R17). MQX_MORE: may still become valid. MQX_BAD / MQX_BIG
+ * (over MQX_PROXY_V2_MAX): close; out->reason and out->hint say why. Reads
+ * nothing at or past buf[len]. */
+enum mqx_rc
+mqx_proxy_parse(const uint8_t *buf, size_t len, int version,
+                struct mqx_proxy *out, size_t *used)
+{
+    memset(out, 0, sizeof *out);
+    *used = 0;
+    out->version = (uint8_t)version;
+    if (version != 1 && version != 2) return pp_fail(out, MQX_PROXY_E_MODE);
+    if (len == 0) return MQX_MORE;
+    return version == 1 ? pp_v1(buf, len, out, used)
+                        : pp_v2(buf, len, out, used);
+}
+
+/* R40: an SSL TLV is present and its client byte has PP2_CLIENT_SSL. */
+int
+mqx_proxy_tls_used(const struct mqx_proxy *pp)
+{
+    return pp->tls.present && (pp->tls.client & MQX_PP2_CLIENT_SSL) != 0;
+}
+
+/* R41: TLS used, a certificate on this connection or its resumed session
+ * [V2-29], and verify == 0 [V2-27, V2-28]. */
+int
+mqx_proxy_cert_ok(const struct mqx_proxy *pp)
+{
+    return mqx_proxy_tls_used(pp) &&
+           (pp->tls.client &
+            (MQX_PP2_CLIENT_CERT_CONN | MQX_PP2_CLIENT_CERT_SESS)) != 0 &&
+           pp->tls.verify == 0;
+}
+
+/* R40-R42 whatever the command: what the broker runs at header time for
+ * PROXY and at CONNECT time for LOCAL (R33). */
+enum mqx_proxy_verdict
+mqx_proxy_tls_check(const struct mqx_proxy *pp, int require_tls,
+                    int require_cert)
+{
+    if (require_tls && !mqx_proxy_tls_used(pp))
+        return MQX_PROXY_NO_TLS; /* [V2-30] */
+    if (require_cert && !mqx_proxy_cert_ok(pp))
+        return MQX_PROXY_NO_CERT; /* R42: implies TLS used */
+    return MQX_PROXY_ACCEPT;
+}
+
+/* Header-time decision: LOCAL is deferred to CONNECT (R33) [V2-07]. */
+enum mqx_proxy_verdict
+mqx_proxy_policy(const struct mqx_proxy *pp, int require_tls, int require_cert)
+{
+    if (pp->command == MQX_PROXY_CMD_LOCAL) return MQX_PROXY_DEFER;
+    return mqx_proxy_tls_check(pp, require_tls, require_cert);
+}
+
+/* Texts of the vectors' policy column; NO_TLS keeps Mosquitto's words. */
+const char *
+mqx_proxy_verdict_str(enum mqx_proxy_verdict v)
+{
+    switch (v) {
+    case MQX_PROXY_ACCEPT:
+        return "accept";
+    case MQX_PROXY_DEFER:
+        return "defer";
+    case MQX_PROXY_NO_TLS:
+        return "client did not connect using TLS";
+    case MQX_PROXY_NO_CERT:
+        return "client did not provide a valid certificate";
+    }
+    return "?";
+}
+
+/* Strict UTF-8 (RFC 3629: no overlong forms, surrogates or > U+10FFFF)
+ * without U+0000, as MQTT strings require [MQTT-1.5.4-1, 1.5.4-2]. */
+static int
+pp_utf8_ok(const uint8_t *s, size_t n)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        uint8_t c = s[i];
+        size_t k, j;
+
+        if (c < 0x80) {
+            if (c == 0) return 0;
+            i++;
+            continue;
+        }
+        if (c < 0xc2 || c > 0xf4) return 0;
+        k = c < 0xe0 ? 1 : c < 0xf0 ? 2 : 3;
+        if (n - i <= k) return 0;
+        for (j = 1; j <= k; j++)
+            if ((s[i + j] & 0xc0) != 0x80) return 0;
+        if ((c == 0xe0 && s[i + 1] < 0xa0) || (c == 0xed && s[i + 1] > 0x9f) ||
+            (c == 0xf0 && s[i + 1] < 0x90) || (c == 0xf4 && s[i + 1] > 0x8f))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+/* R43: the username for use_identity_as_username: the CN when the
+ * certificate is OK and the CN is a non-empty MQTT string (at most 65535
+ * bytes by its 16-bit length). 1: *user set; 0: CONNACK 0x86 / 4. */
+int
+mqx_proxy_cn_username(const struct mqx_proxy *pp, struct mqx_str *user)
+{
+    const struct mqx_str *cn = &pp->tls.cn;
+
+    if (!mqx_proxy_cert_ok(pp) || cn->p == NULL || cn->len == 0 ||
+        !pp_utf8_ok(cn->p, cn->len))
+        return 0; /* [V2-28, V2-37, V2-38] */
+    *user = *cn;
+    return 1;
+}
+
+/* Bounded text writer: an overflow makes the whole result "". */
+struct pp_w {
+    char *p;
+    size_t cap, n;
+    int over;
+};
+
+static void
+pp_putc(struct pp_w *w, char c)
+{
+    if (w->n + 1 < w->cap)
+        w->p[w->n++] = c;
+    else
+        w->over = 1;
+}
+
+static void
+pp_putu(struct pp_w *w, unsigned v, unsigned base)
+{
+    char d[8];
+    size_t k = 0;
+
+    do {
+        d[k++] = "0123456789abcdef"[v % base];
+        v /= base;
+    } while (v != 0 && k < sizeof d);
+    while (k > 0)
+        pp_putc(w, d[--k]);
+}
+
+static size_t
+pp_end(struct pp_w *w)
+{
+    if (w->cap == 0) return 0;
+    if (w->over) w->n = 0;
+    w->p[w->n] = '\0';
+    return w->n;
+}
+
+static int
+pp_v4mapped(const uint8_t *a)
+{
+    static const uint8_t pfx[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+    return memcmp(a, pfx, 12) == 0;
+}
+
+static void
+pp_put4(struct pp_w *w, const uint8_t *a)
+{
+    int i;
+
+    for (i = 0; i < 4; i++) {
+        if (i > 0) pp_putc(w, '.');
+        pp_putu(w, a[i], 10);
+    }
+}
+
+/* RFC 5952 text (as Python's ipaddress): lower case, the first longest
+ * run of two or more zero groups as "::". */
+static void
+pp_put6(struct pp_w *w, const uint8_t *a)
+{
+    unsigned grp[8];
+    size_t i, best = 8, best_n = 1, run = 0, run_n = 0; /* best 8: none */
+
+    for (i = 0; i < 8; i++) {
+        grp[i] = (unsigned)a[2 * i] << 8 | a[2 * i + 1];
+        if (grp[i] != 0) {
+            run_n = 0;
+            continue;
+        }
+        if (run_n++ == 0) run = i;
+        if (run_n > best_n) {
+            best = run;
+            best_n = run_n;
+        }
+    }
+    for (i = 0; i < 8; i++) {
+        if (i == best) {
+            pp_putc(w, ':');
+            pp_putc(w, ':');
+            i += best_n - 1;
+            continue;
+        }
+        if (i > 0 && i != best + best_n) pp_putc(w, ':');
+        pp_putu(w, grp[i], 16);
+    }
+}
+
+/* "192.0.2.5:6275" or "2001:db8::5:6275" (no brackets: the vectors' and
+ * Mosquitto's log form); IPv4-mapped IPv6 as IPv4 (R30) [V2-03]. Returns
+ * the length written to dst (NUL-terminated), 0 if it does not fit or the
+ * family is not INET/INET6. MQX_PROXY_ADDRSTRLEN is always enough. */
+size_t
+mqx_proxy_fmt_addr(char *dst, size_t cap, int family, const uint8_t *addr,
+                   uint16_t port)
+{
+    struct pp_w w = {dst, cap, 0, 0};
+
+    if (family == MQX_PROXY_AF_INET)
+        pp_put4(&w, addr);
+    else if (family == MQX_PROXY_AF_INET6 && pp_v4mapped(addr))
+        pp_put4(&w, addr + 12);
+    else if (family == MQX_PROXY_AF_INET6)
+        pp_put6(&w, addr);
+    else
+        w.over = 1;
+    pp_putc(&w, ':');
+    pp_putu(&w, port, 10);
+    return pp_end(&w);
+}
+
+/* R56: bytes outside 0x20..0x7e and '\' as \xHH, whole units only: on
+ * overflow w->over is set and the text stops before the unit. */
+static void
+pp_put_esc(struct pp_w *w, const uint8_t *p, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n && !w->over; i++) {
+        uint8_t c = p[i];
+
+        if (c >= 0x20 && c <= 0x7e && c != '\\') {
+            pp_putc(w, (char)c);
+        } else if (w->n + 4 < w->cap) {
+            pp_putc(w, '\\');
+            pp_putc(w, 'x');
+            pp_putc(w, "0123456789abcdef"[c >> 4]);
+            pp_putc(w, "0123456789abcdef"[c & 15]);
+        } else {
+            w->over = 1;
+        }
+    }
+}
+
+/* R51, R56: a TLV value (SNI, ALPN, CN, cipher...) as printable text for a
+ * log line, cut at a whole unit if dst is short. Returns the length. */
+size_t
+mqx_proxy_escape(char *dst, size_t cap, struct mqx_str s)
+{
+    struct pp_w w = {dst, cap, 0, 0};
+
+    if (s.p != NULL) pp_put_esc(&w, s.p, s.len);
+    w.over = 0; /* keep the cut text */
+    return pp_end(&w);
+}
+
+/* One endpoint of a PROXY header; UNIX paths as "<path>:0" (R30),
+ * escaped (R56). */
+static size_t
+pp_fmt_end(char *dst, size_t cap, const struct mqx_proxy *pp, int src)
+{
+    struct pp_w w = {dst, cap, 0, 0};
+    const struct mqx_str *path = src ? &pp->src_path : &pp->dst_path;
+
+    if (pp->command != MQX_PROXY_CMD_PROXY) {
+        pp_end(&w);
+        return 0; /* LOCAL, UNKNOWN: the caller uses the real peer */
+    }
+    if (pp->family != MQX_PROXY_AF_UNIX)
+        return mqx_proxy_fmt_addr(dst, cap, pp->family,
+                                  src ? pp->src_addr : pp->dst_addr,
+                                  src ? pp->src_port : pp->dst_port);
+    pp_put_esc(&w, path->p, path->len);
+    pp_putc(&w, ':');
+    pp_putc(&w, '0');
+    return pp_end(&w);
+}
+
+/* R26, R30: the client address text after MQX_DONE; 0 (and "") for LOCAL
+ * and UNKNOWN, whose client is the real peer (R24, R31). */
+size_t
+mqx_proxy_fmt_client(char *dst, size_t cap, const struct mqx_proxy *pp)
+{
+    return pp_fmt_end(dst, cap, pp, 1);
+}
+
+/* R26, R46: the header's destination, for DEBUG logs only. */
+size_t
+mqx_proxy_fmt_dest(char *dst, size_t cap, const struct mqx_proxy *pp)
+{
+    return pp_fmt_end(dst, cap, pp, 0);
+}
+
+/* R6: "a.b.c.d[/n]" or "ipv6[/n]" from s[0..len) (not NUL-terminated);
+ * a bare address is /32 or /128. ::ffff:0:0/96 and longer become IPv4
+ * (R10). Host bits are cleared and flagged in out->loose so the config
+ * can warn. MQX_DONE or MQX_BAD. */
+enum mqx_rc
+mqx_proxy_cidr_parse(const char *s, size_t len, struct mqx_cidr *out)
+{
+    const uint8_t *u = (const uint8_t *)s;
+    size_t alen = 0, i;
+    unsigned bits = 0, max;
+    int v6 = 0;
+
+    memset(out, 0, sizeof *out);
+    while (alen < len && u[alen] != '/') {
+        if (u[alen] == ':') v6 = 1;
+        alen++;
+    }
+    if (v6 ? pp_pton6(u, alen, out->addr) < 0
+           : pp_pton4(u, alen, out->addr) < 0)
+        return MQX_BAD;
+    max = v6 ? 128 : 32;
+    if (alen == len) {
+        bits = max;
+    } else { /* decimal, no sign, no leading zero */
+        size_t n = len - alen - 1;
+
+        if (n == 0 || n > 3 || (n > 1 && u[alen + 1] == '0')) return MQX_BAD;
+        for (i = alen + 1; i < len; i++) {
+            if (u[i] < '0' || u[i] > '9') return MQX_BAD;
+            bits = bits * 10 + (unsigned)(u[i] - '0');
+        }
+        if (bits > max) return MQX_BAD;
+    }
+    if (v6 && bits >= 96 && pp_v4mapped(out->addr)) {
+        memmove(out->addr, out->addr + 12, 4);
+        memset(out->addr + 4, 0, 12);
+        bits -= 96;
+        v6 = 0;
+    }
+    out->family = v6 ? MQX_PROXY_AF_INET6 : MQX_PROXY_AF_INET;
+    out->bits = (uint8_t)bits;
+    for (i = 0; i < 16; i++) {
+        unsigned keep = bits >= 8 * (i + 1) ? 8
+                        : bits > 8 * i      ? bits - 8 * (unsigned)i
+                                            : 0;
+        uint8_t mask = (uint8_t)(0xff00u >> keep);
+
+        if (out->addr[i] & (uint8_t)~mask) out->loose = 1;
+        out->addr[i] &= mask;
+    }
+    return MQX_DONE;
+}
+
+/* R30, R10: the family of addr (4 or 16 bytes) with IPv4-mapped IPv6
+ * folded to IPv4; *sig points at its 4 or 16 significant bytes. Key
+ * per-IP state (bans, limits) on this, as the text form does [V2-03]. */
+int
+mqx_proxy_addr_norm(int family, const uint8_t *addr, const uint8_t **sig)
+{
+    *sig = addr;
+    if (family == MQX_PROXY_AF_INET6 && pp_v4mapped(addr)) {
+        *sig = addr + 12;
+        return MQX_PROXY_AF_INET;
+    }
+    return family;
+}
+
+/* R10: does addr (4 or 16 bytes of the given family) fall in c? An
+ * IPv4-mapped IPv6 address is matched as IPv4. */
+int
+mqx_cidr_match(const struct mqx_cidr *c, int family, const uint8_t *addr)
+{
+    unsigned full = c->bits / 8u, rest = c->bits % 8u;
+
+    family = mqx_proxy_addr_norm(family, addr, &addr);
+    if (family != c->family) return 0;
+    if (memcmp(addr, c->addr, full) != 0) return 0;
+    if (rest == 0) return 1;
+    return ((addr[full] ^ c->addr[full]) & (uint8_t)(0xff00u >> rest)) == 0;
+}
+
+/* R10: 1 if addr is in any of v[0..n). */
+int
+mqx_cidr_match_list(const struct mqx_cidr *v, size_t n, int family,
+                    const uint8_t *addr)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (mqx_cidr_match(&v[i], family, addr)) return 1;
     return 0;
 }
 
@@ -2132,9 +3303,9 @@ ret_set(uint32_t m, const uint8_t *t, size_t n)
         if (k >= 0)
             log_at(LOG_T_WARN,
                    "retained store full (%u messages, %llu bytes): not "
-                   "retained (%lld more not logged)",
+                   "retained%s",
                    g.n_retained, (unsigned long long)g.retained_bytes,
-                   (long long)k);
+                   log_suppressed(k));
         g.pub_dropped++;
         m = NIL;
     }
@@ -2627,8 +3798,8 @@ conn_oom(struct conn *c, const char *what)
     if (k >= 0)
         log_at(LOG_T_WARN,
                "Client " ID_FMT " disconnected: message store full, no room "
-               "for %s (%lld more not logged).",
-               n, id, what, (long long)k);
+               "for %s%s.",
+               n, id, what, log_suppressed(k));
     conn_close(c, CF_WILL | CF_QUIET);
 }
 
@@ -2648,8 +3819,8 @@ conn_throttle(struct conn *c)
     if (k >= 0)
         log_at(LOG_T_NOTICE,
                "Message store %zu%% full: not reading client " ID_FMT
-               " until it drains (%lld more not logged).",
-               g.st.used * 100 / g.st.size, n, id, (long long)k);
+               " until it drains%s.",
+               g.st.used * 100 / g.st.size, n, id, log_suppressed(k));
     c->flags |= CF_THROTTLED;
     conn_pfd(c)->events &= (short)~POLLIN;
     g.throttled = 1;
@@ -2776,7 +3947,8 @@ out:
     if (!c->tx &&
         (c->resend != NIL ||
          (s->q_head != NIL && (window == 0 || s->f_count < (uint64_t)window))))
-        conn_oom(c, "output"); /* nothing pending and still no room: store full */
+        conn_oom(c,
+                 "output"); /* nothing pending and still no room: store full */
 }
 
 /* Frees a slot: the only place that closes client sockets. */
@@ -2805,7 +3977,8 @@ conn_reap(struct conn *c)
                    MSG_NOSIGNAL | MSG_DONTWAIT);
     st_free(c->tx);
     st_free(c->rx);
-    c->tx = c->rx = NULL;
+    st_free(c->pp_info);
+    c->tx = c->rx = c->pp_info = NULL;
     if (c->proto) {
         g.n_online--;
     }
@@ -2854,6 +4027,123 @@ conn_flush_all(void)
         }
     }
     g.n_dirty = 0;
+}
+
+/* Per-source rate limit of PROXY header failure lines (R52): one line per
+ * 10 s per source address, then a count of what was suppressed. */
+static int64_t
+log_limit_src(const char *addr)
+{
+    static struct {
+        uint32_t h;
+        int64_t last;
+        uint32_t quiet;
+    } t[32];
+    const char *colon = strrchr(addr, ':');
+    size_t n = colon ? (size_t)(colon - addr) : strlen(addr);
+    uint32_t h = node_hash(0, (const uint8_t *)addr, n) | 1;
+
+    if (t[h % 32].h != h) {
+        t[h % 32].h = h;
+        t[h % 32].last = 0;
+        t[h % 32].quiet = 0;
+    }
+    return log_limit(&t[h % 32].last, &t[h % 32].quiet);
+}
+
+/* R54: advice after the parser's hint. */
+static const char *
+conn_pp_advice(int hint)
+{
+    switch (hint) {
+    case MQX_PROXY_HINT_MQTT:
+        return "; is the port reachable directly, or is send-proxy missing on "
+               "the HAProxy server line?";
+    case MQX_PROXY_HINT_TLS:
+        return "; terminate TLS on the proxy";
+    default:
+        return "";
+    }
+}
+
+/* Keeps what the connection needs of an accepted header: the proxy's own
+ * address ("via"), a summary for the connection line, and the CN when it
+ * is the username. The header's slices die after this. */
+static __attribute__((noinline)) int
+conn_pp_keep(struct conn *c, const struct mqx_proxy *pp, const char *via)
+{
+    char sum[512], esc[192];
+    size_t off, vl = strlen(via), cn_len = 0;
+    struct mqx_str cn;
+    const struct listener *l = &g.cfg.lsn[c->lsn];
+    int k;
+
+    k = snprintf(sum, sizeof sum, "(PROXY v%u%s", pp->version,
+                 pp->command == MQX_PROXY_CMD_LOCAL     ? " LOCAL"
+                 : pp->command == MQX_PROXY_CMD_UNKNOWN ? " UNKNOWN"
+                                                        : "");
+    off = k > 0 ? (size_t)k : 0;
+    if (mqx_proxy_tls_used(pp)) {
+        mqx_proxy_escape(esc, sizeof esc, pp->tls.version);
+        k = snprintf(sum + off, sizeof sum - off, ", %s", esc[0] ? esc : "TLS");
+        if (k > 0) off += (size_t)k;
+        if (pp->tls.cipher.p) {
+            mqx_proxy_escape(esc, sizeof esc, pp->tls.cipher);
+            k = snprintf(sum + off, sizeof sum - off, " %s", esc);
+            if (k > 0 && off + (size_t)k < sizeof sum) off += (size_t)k;
+        }
+    }
+    if (pp->authority.p && off < sizeof sum) {
+        mqx_proxy_escape(esc, sizeof esc, pp->authority);
+        k = snprintf(sum + off, sizeof sum - off, ", SNI %s", esc);
+        if (k > 0 && off + (size_t)k < sizeof sum) off += (size_t)k;
+    }
+    if (pp->alpn.p && off < sizeof sum) {
+        mqx_proxy_escape(esc, sizeof esc, pp->alpn);
+        k = snprintf(sum + off, sizeof sum - off, ", ALPN %s", esc);
+        if (k > 0 && off + (size_t)k < sizeof sum) off += (size_t)k;
+    }
+    if (pp->tls.cn.p && mqx_proxy_cert_ok(pp) && off < sizeof sum) {
+        mqx_proxy_escape(esc, sizeof esc, pp->tls.cn);
+        k = snprintf(sum + off, sizeof sum - off, ", CN %s", esc);
+        if (k > 0 && off + (size_t)k < sizeof sum) off += (size_t)k;
+    }
+    if (off + 2 > sizeof sum) off = sizeof sum - 2;
+    sum[off++] = ')';
+    sum[off] = '\0';
+    if (l->use_identity) {
+        if (mqx_proxy_cn_username(pp, &cn))
+            cn_len = cn.len;
+        else
+            c->pp |= PP_NO_CN;
+    }
+    c->pp_info = st_alloc(vl + 1 + off + 1 + cn_len);
+    if (!c->pp_info) return -1;
+    memcpy(c->pp_info, via, vl + 1);
+    memcpy(c->pp_info + vl + 1, sum, off + 1);
+    if (cn_len) memcpy(c->pp_info + vl + 1 + off + 1, cn.p, cn_len);
+    c->pp_cn_len = (uint16_t)cn_len;
+    return 0;
+}
+
+static const char *
+conn_pp_via(const struct conn *c)
+{
+    return (const char *)c->pp_info;
+}
+
+static const char *
+conn_pp_summary(const struct conn *c)
+{
+    return (const char *)c->pp_info + strlen(conn_pp_via(c)) + 1;
+}
+
+static const uint8_t *
+conn_pp_cn(const struct conn *c)
+{
+    const char *sum = conn_pp_summary(c);
+
+    return (const uint8_t *)sum + strlen(sum) + 1;
 }
 
 /* ==== [14] Protocol handlers, one per packet type ==== */
@@ -2937,6 +4227,28 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
         handle_refuse(c, MQX_CONNACK_ID);
         return;
     }
+    if (c->pp & PP_DENY) { /* R33 */
+        log_at(LOG_T_NOTICE,
+               "Client %.*s from %s refused: the LOCAL PROXY header does not "
+               "meet the listener's TLS requirements.",
+               (int)id_len, (const char *)id, c->addr);
+        handle_refuse(c, MQX_CONNACK_NOT_AUTH);
+        return;
+    }
+    if (g.cfg.lsn[c->lsn].use_identity) { /* R43 */
+        if (c->pp & PP_NO_CN) {
+            log_at(LOG_T_NOTICE,
+                   "Client %.*s from %s refused: no usable certificate CN "
+                   "for use_identity_as_username.",
+                   (int)id_len, (const char *)id, c->addr);
+            handle_refuse(c, MQX_CONNACK_BAD_AUTH);
+            return;
+        }
+        ck.has_user = 1; /* R44: authenticated by the certificate */
+        ck.has_pass = 0;
+        ck.username.p = conn_pp_cn(c);
+        ck.username.len = c->pp_cn_len;
+    }
     rc = auth_connect(&ck);
     if (rc != MQX_CONNACK_OK) {
         if (g.cfg.connection_messages)
@@ -2980,9 +4292,9 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
             if (k >= 0)
                 log_at(LOG_T_WARN,
                        "Client %.*s refused: session pool full (max_sessions "
-                       "%lld; %lld more not logged).",
+                       "%lld)%s.",
                        (int)id_len, (const char *)id,
-                       (long long)g.cfg.max_sessions, (long long)k);
+                       (long long)g.cfg.max_sessions, log_suppressed(k));
             msg_unref(will);
             handle_refuse(c, MQX_CONNACK_UNAVAIL);
             return;
@@ -3267,6 +4579,92 @@ handle_packet(struct conn *c, const struct mqx_packet *pk)
  * a partial packet's block when that packet is large), decodes every
  * complete packet, then flushes every dirty client once. */
 
+/* The header phase of a PROXY listener (R14-R34): parses what has arrived
+ * (the whole prefix each time, R15), and on a complete header switches the
+ * connection to MQTT. Returns the bytes consumed: 0 while more is needed,
+ * the header's length when it is accepted (R17), all when it is refused
+ * (the connection is then closing, nothing is written, R22). */
+static __attribute__((noinline)) size_t
+loop_proxy(struct conn *c, const uint8_t *buf, size_t len)
+{
+    const struct listener *l = &g.cfg.lsn[c->lsn];
+    struct mqx_proxy pp;
+    size_t used = 0;
+    enum mqx_rc rc = mqx_proxy_parse(buf, len, l->proxy, &pp, &used);
+    enum mqx_proxy_verdict v;
+    char who[MQX_PROXY_ADDRSTRLEN], via[MQX_ADDR_LEN];
+    int64_t k;
+
+    if (rc == MQX_MORE) return 0;
+    if (rc != MQX_DONE) {
+        g.pp_rejected++;
+        k = log_limit_src(c->addr);
+        if (k >= 0)
+            log_at(LOG_T_NOTICE,
+                   "PROXY: connection from %s on port %u rejected: %s%s%s "
+                   "%s",
+                   c->addr, l->port, pp.reason, mqx_proxy_hint_str(pp.hint),
+                   conn_pp_advice(pp.hint), log_suppressed(k));
+        conn_close(c, CF_QUIET);
+        return len;
+    }
+    v = mqx_proxy_policy(&pp, l->proxy_require_tls, l->require_certificate);
+    if (!mqx_proxy_fmt_client(who, sizeof who, &pp)) /* LOCAL, UNKNOWN */
+        str_set(who, sizeof who, c->addr);
+    if (v == MQX_PROXY_NO_TLS || v == MQX_PROXY_NO_CERT) { /* R40, R41 */
+        g.pp_rejected++;
+        k = log_limit_src(who);
+        if (k >= 0)
+            log_at(LOG_T_NOTICE,
+                   "PROXY: connection from %s via %s on port %u rejected, "
+                   "%s.%s",
+                   who, c->addr, l->port, mqx_proxy_verdict_str(v),
+                   log_suppressed(k));
+        conn_close(c, CF_QUIET);
+        return len;
+    }
+    g.pp_accepted++;
+    if (pp.command != MQX_PROXY_CMD_PROXY) {
+        c->pp |= PP_LOCAL;
+        if (pp.command == MQX_PROXY_CMD_LOCAL) {
+            g.pp_local++;
+            if (l->proxy_local_close) { /* R8: as Mosquitto 2.1 */
+                log_at(LOG_T_DEBUG,
+                       "PROXY: LOCAL connection from %s closed "
+                       "(proxy_protocol_local close)",
+                       c->addr);
+                conn_close(c, CF_QUIET);
+                return len;
+            }
+            if (mqx_proxy_tls_check(&pp, l->proxy_require_tls,
+                                    l->require_certificate) != MQX_PROXY_ACCEPT)
+                c->pp |= PP_DENY; /* R33: refused if it sends CONNECT */
+        }
+    }
+    str_set(via, sizeof via, c->addr);
+    if (conn_pp_keep(c, &pp, via)) {
+        conn_oom(c, "the PROXY header");
+        return len;
+    }
+    str_set(c->addr, sizeof c->addr, who); /* R46 */
+    c->pp |= PP_VIA;
+    c->state = CONN_NEW;
+    c->deadline_ms = g.now + g.cfg.connect_timeout * 1000; /* R48 */
+    return used;
+}
+
+/* The connection line of a proxied client, once its first MQTT byte
+ * arrives: health checks that close after the header stay quiet (R34). */
+static void
+pp_log_connection(struct conn *c)
+{
+    c->pp |= PP_MQTT;
+    if (g.cfg.connection_messages)
+        log_at(LOG_T_NOTICE, "New connection from %s via %s on port %u %s.",
+               c->addr, conn_pp_via(c), g.cfg.lsn[c->lsn].port,
+               conn_pp_summary(c));
+}
+
 /* Decodes every complete packet in buf; returns the bytes consumed. */
 static size_t
 loop_parse(struct conn *c, const uint8_t *buf, size_t len)
@@ -3374,6 +4772,24 @@ loop_read(struct conn *c)
     if (n <= 0) {
         int k;
         const char *id = conn_id(c, &k);
+        if (c->state == CONN_PROXY) { /* R21 */
+            if (have)
+                log_at(LOG_T_NOTICE,
+                       "PROXY: connection from %s on port %u closed during "
+                       "header (%zu bytes)",
+                       c->addr, g.cfg.lsn[c->lsn].port, have);
+            else
+                log_at(LOG_T_DEBUG,
+                       "PROXY: connection from %s on port %u closed before "
+                       "any byte",
+                       c->addr, g.cfg.lsn[c->lsn].port);
+        } else if ((c->pp & (PP_VIA | PP_MQTT)) == PP_VIA) { /* R33, R34 */
+            log_at(LOG_T_DEBUG,
+                   "PROXY: health check from %s via %s on port %u %s closed "
+                   "without MQTT",
+                   c->addr, conn_pp_via(c), g.cfg.lsn[c->lsn].port,
+                   conn_pp_summary(c));
+        }
         if (g.cfg.connection_messages && c->state == CONN_ONLINE) {
             if (n == 0)
                 log_at(LOG_T_NOTICE, "Client " ID_FMT " closed its connection.",
@@ -3390,7 +4806,11 @@ loop_read(struct conn *c)
     if (c->keepalive && c->state == CONN_ONLINE)
         c->deadline_ms = g.now + c->keepalive * 1500; /* [MQTT-3.1.2-24] */
     have += (size_t)n;
-    used = loop_parse(c, buf, have);
+    used = c->state == CONN_PROXY ? loop_proxy(c, buf, have) : 0;
+    if (c->state == CONN_CLOSING) return;
+    if ((c->pp & (PP_VIA | PP_MQTT)) == PP_VIA && used < have)
+        pp_log_connection(c);
+    if (c->state != CONN_PROXY) used += loop_parse(c, buf + used, have - used);
     if (c->state == CONN_CLOSING) return;
     if (big) {
         loop_keep(c, c->rx + used, have - used);
@@ -3429,9 +4849,22 @@ lsn_refuse_log(const char *addr, const char *why)
 
     g.conns_refused++;
     if (k >= 0)
-        log_at(LOG_T_NOTICE,
-               "Connection from %s refused: %s (%lld more not logged).", addr,
-               why, (long long)k);
+        log_at(LOG_T_NOTICE, "Connection from %s refused: %s%s.", addr, why,
+               log_suppressed(k));
+}
+
+static int
+lsn_trusted(const struct listener *l, const struct sockaddr_storage *sa)
+{
+    if (sa->ss_family == AF_INET)
+        return mqx_cidr_match_list(
+            l->trusted, l->n_trusted, MQX_PROXY_AF_INET,
+            (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr);
+    if (sa->ss_family == AF_INET6)
+        return mqx_cidr_match_list(
+            l->trusted, l->n_trusted, MQX_PROXY_AF_INET6,
+            (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr);
+    return 1; /* R11: unix sockets trust file permissions */
 }
 
 /* Accepts what a listening socket holds. A connection beyond the pool or
@@ -3458,6 +4891,17 @@ lsn_accept(struct lsock *ls)
             return;
         }
         loop_addr(&sa, addr, sizeof addr, l->bind);
+        if (l->n_trusted && !lsn_trusted(l, &sa)) { /* R10 */
+            int64_t k = log_limit_src(addr);
+            close(fd);
+            g.pp_untrusted++;
+            if (k >= 0)
+                log_at(LOG_T_NOTICE,
+                       "PROXY: connection from %s on port %u rejected: not a "
+                       "trusted proxy source%s",
+                       addr, l->port, log_suppressed(k));
+            continue;
+        }
         if (l->max_connections >= 0 &&
             l->n_conns >= (uint64_t)l->max_connections) {
             close(fd);
@@ -3486,6 +4930,10 @@ lsn_accept(struct lsock *ls)
         c->sess = c->will = c->resend = NIL;
         c->deadline_ms = g.now + g.cfg.connect_timeout * 1000;
         memcpy(c->addr, addr, sizeof addr);
+        if (l->proxy) {
+            c->state = CONN_PROXY;                            /* R14 */
+            c->deadline_ms = g.now + l->proxy_timeout * 1000; /* R20 */
+        }
         g.pfd[g.n_ls + ci].fd = fd;
         g.pfd[g.n_ls + ci].events = POLLIN;
         g.pfd[g.n_ls + ci].revents = 0;
@@ -3495,7 +4943,12 @@ lsn_accept(struct lsock *ls)
         }
         l->n_conns++;
         g.conns_total++;
-        if (g.cfg.connection_messages)
+        if (l->proxy) /* M5: the line comes with the header (R51) */
+            log_at(LOG_T_DEBUG,
+                   "Connection from %s on port %u: waiting for "
+                   "the PROXY header.",
+                   addr, l->port);
+        else if (g.cfg.connection_messages)
             log_at(LOG_T_NOTICE, "New connection from %s on port %u.", addr,
                    l->port);
     }
@@ -3512,11 +4965,18 @@ loop_expire(void)
         struct conn *c = &g.conns[i];
         int n;
         const char *id;
-        if (c->state != CONN_NEW && c->state != CONN_ONLINE) continue;
+        if (c->state == CONN_FREE || c->state == CONN_CLOSING) continue;
         if (!c->deadline_ms || g.now < c->deadline_ms) continue;
         if (c->flags & CF_THROTTLED) continue; /* we stopped reading it */
         id = conn_id(c, &n);
-        if (g.cfg.connection_messages) {
+        if (c->state == CONN_PROXY) { /* R20 */
+            g.pp_timeout++;
+            log_at(LOG_T_NOTICE,
+                   "PROXY: header from %s on port %u not received within "
+                   "%lld s",
+                   c->addr, g.cfg.lsn[c->lsn].port,
+                   (long long)g.cfg.lsn[c->lsn].proxy_timeout);
+        } else if (g.cfg.connection_messages) {
             if (c->state == CONN_NEW)
                 log_at(LOG_T_NOTICE,
                        "Client <unknown> from %s disconnected: no CONNECT in "
@@ -3606,6 +5066,15 @@ sys_publish(void)
     sys_pub("$SYS/broker/subscriptions/count", "%u", g.n_subs);
     sys_pub("$SYS/broker/connections/refused", "%llu",
             (unsigned long long)g.conns_refused);
+    sys_pub("$SYS/broker/proxy/headers/accepted", "%llu",
+            (unsigned long long)g.pp_accepted);
+    sys_pub("$SYS/broker/proxy/headers/rejected", "%llu",
+            (unsigned long long)g.pp_rejected);
+    sys_pub("$SYS/broker/proxy/headers/timeout", "%llu",
+            (unsigned long long)g.pp_timeout);
+    sys_pub("$SYS/broker/proxy/local", "%llu", (unsigned long long)g.pp_local);
+    sys_pub("$SYS/broker/proxy/untrusted", "%llu",
+            (unsigned long long)g.pp_untrusted);
     sys_pub("$SYS/broker/memory/budget", "%zu", g.arena_size);
     sys_pub("$SYS/broker/memory/store/used", "%zu", g.st.used);
     sys_pub("$SYS/broker/memory/store/size", "%zu", g.st.size);
@@ -3762,6 +5231,17 @@ lsn_open(uint8_t li)
                ai->ai_family == AF_INET6 ? "ipv6" : "ipv4", l->port);
     }
     freeaddrinfo(res);
+    if (l->proxy && !l->n_trusted) /* R6 */
+        log_at(LOG_T_WARN,
+               "listener %u: PROXY protocol enabled without "
+               "proxy_protocol_trusted_sources; any host that can reach this "
+               "port can forge client addresses and TLS identity",
+               l->port);
+    if (l->proxy && l->proxy_timeout < 3) /* R7 */
+        log_at(LOG_T_WARN,
+               "listener %u: proxy_protocol_timeout %lld s is below 3 s, "
+               "one TCP retransmission may not fit",
+               l->port, (long long)l->proxy_timeout);
     if (!opened)
         die("%s:%d: listener %u: no address to bind", l->file, l->line,
             l->port);

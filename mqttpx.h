@@ -23,6 +23,179 @@ struct mqx_str {
     uint32_t len;
 };
 
+/* ---- PROXY v1/v2 parser [6] ---- */
+
+#ifndef MQX_PROXY_V2_MAX
+#define MQX_PROXY_V2_MAX 4096 /* R19: 16 + len; nginx uses the same cap */
+#endif
+#if MQX_PROXY_V2_MAX < 232 || MQX_PROXY_V2_MAX > 65551
+#error "MQX_PROXY_V2_MAX must be 232..65551 (16 + 216-byte UNIX block)"
+#endif
+#define MQX_PROXY_V1_MAX     107 /* R18: v1 line incl. CRLF, fixed by the spec */
+#define MQX_PROXY_ADDRSTRLEN 436 /* "<path>:0" with every path byte \xHH */
+
+/* v2 TLV types (R28) and SSL sub-TLV types (R29), PROXY spec section 2.2 */
+#define MQX_PP2_TYPE_ALPN               0x01
+#define MQX_PP2_TYPE_AUTHORITY          0x02
+#define MQX_PP2_TYPE_CRC32C             0x03
+#define MQX_PP2_TYPE_NOOP               0x04
+#define MQX_PP2_TYPE_UNIQUE_ID          0x05
+#define MQX_PP2_TYPE_SSL                0x20
+#define MQX_PP2_SUBTYPE_SSL_VERSION     0x21
+#define MQX_PP2_SUBTYPE_SSL_CN          0x22
+#define MQX_PP2_SUBTYPE_SSL_CIPHER      0x23
+#define MQX_PP2_SUBTYPE_SSL_SIG_ALG     0x24
+#define MQX_PP2_SUBTYPE_SSL_KEY_ALG     0x25
+#define MQX_PP2_SUBTYPE_SSL_GROUP       0x26
+#define MQX_PP2_SUBTYPE_SSL_SIG_SCHEME  0x27
+#define MQX_PP2_SUBTYPE_SSL_CLIENT_CERT 0x28
+#define MQX_PP2_TYPE_NETNS              0x30
+#define MQX_PP2_AUTHORITY_MAX           255 /* R28: HAProxy's own limit */
+#define MQX_PP2_UNIQUE_ID_MAX           128 /* R28: spec limit */
+
+/* SSL TLV client bits (R40, R41) */
+#define MQX_PP2_CLIENT_SSL       0x01
+#define MQX_PP2_CLIENT_CERT_CONN 0x02
+#define MQX_PP2_CLIENT_CERT_SESS 0x04
+
+enum mqx_proxy_cmd {
+    MQX_PROXY_CMD_LOCAL = 0,   /* v2 LOCAL: use the real peer (R31) */
+    MQX_PROXY_CMD_PROXY = 1,   /* addresses come from the header */
+    MQX_PROXY_CMD_UNKNOWN = 2, /* v1 UNKNOWN: use the real peer (R24) */
+};
+
+/* Values equal the v2 family nibble. */
+enum mqx_proxy_af {
+    MQX_PROXY_AF_UNSPEC = 0,
+    MQX_PROXY_AF_INET = 1,
+    MQX_PROXY_AF_INET6 = 2,
+    MQX_PROXY_AF_UNIX = 3,
+};
+
+/* Why a header was refused; out->reason holds the R55 text. */
+enum mqx_proxy_err {
+    MQX_PROXY_OK = 0,
+    MQX_PROXY_E_MODE,            /* version argument not 1 or 2 */
+    MQX_PROXY_E_V1_SIG,          /* bad v1 signature */
+    MQX_PROXY_E_V2_ON_V1,        /* v2 signature on a v1 listener (R13) */
+    MQX_PROXY_E_V1_BARE_LF,      /* R23 */
+    MQX_PROXY_E_V1_CR,           /* CR not followed by LF (R23) */
+    MQX_PROXY_E_V1_LONG,         /* R18 */
+    MQX_PROXY_E_V1_ASCII,        /* non-ASCII byte in the line */
+    MQX_PROXY_E_V1_MALFORMED,    /* R23, R25 */
+    MQX_PROXY_E_V1_ADDR,         /* R25 */
+    MQX_PROXY_E_V1_PORT,         /* R25 */
+    MQX_PROXY_E_V2_SIG,          /* R27 */
+    MQX_PROXY_E_V1_ON_V2,        /* v1 header on a v2 listener (R13) */
+    MQX_PROXY_E_V2_VERSION,      /* R27 */
+    MQX_PROXY_E_V2_COMMAND,      /* R27 */
+    MQX_PROXY_E_V2_FAMILY,       /* R27: nibble out of range */
+    MQX_PROXY_E_V2_PROXY_FAMILY, /* R27: PROXY needs 0x11, 0x21, 0x31 */
+    MQX_PROXY_E_V2_ADDR_SHORT,   /* R27 */
+    MQX_PROXY_E_V2_TOO_LARGE,    /* R19, returned as MQX_BIG */
+    MQX_PROXY_E_TLV_TRUNC,       /* R28 */
+    MQX_PROXY_E_TLV_OVERRUN,     /* R28 */
+    MQX_PROXY_E_TLV_DUP,         /* R28: 0x02, 0x03, 0x05, 0x20 twice */
+    MQX_PROXY_E_CRC_LEN,         /* R28 */
+    MQX_PROXY_E_AUTHORITY_LONG,  /* R28 */
+    MQX_PROXY_E_UNIQUE_ID_LONG,  /* R28 */
+    MQX_PROXY_E_SSL_SHORT,       /* R29 */
+    MQX_PROXY_E_SSL_SUB_TRUNC,   /* R29 */
+    MQX_PROXY_E_SSL_SUB_OVERRUN, /* R29 */
+    MQX_PROXY_E_SSL_SUB_DUP,     /* R29 */
+    MQX_PROXY_E_CRC_MISMATCH,    /* R28 */
+};
+
+/* R54: what the first bytes of a refused connection look like. */
+enum mqx_proxy_hint {
+    MQX_PROXY_HINT_NONE = 0,
+    MQX_PROXY_HINT_MQTT,     /* 0x10: CONNECT without a header */
+    MQX_PROXY_HINT_TLS,      /* 0x16: TLS ClientHello */
+    MQX_PROXY_HINT_HTTP,     /* "GET " without a header */
+    MQX_PROXY_HINT_V1_ON_V2, /* PROXY v1 header on a v2 listener */
+    MQX_PROXY_HINT_V2_ON_V1, /* PROXY v2 header on a v1 listener */
+};
+
+/* Header-time decision (R40-R42, R33). */
+enum mqx_proxy_verdict {
+    MQX_PROXY_ACCEPT = 0,
+    MQX_PROXY_DEFER,   /* LOCAL: TLS checks run at CONNECT (R33) */
+    MQX_PROXY_NO_TLS,  /* R40 */
+    MQX_PROXY_NO_CERT, /* R41, R42 */
+};
+
+/* Facts from the SSL TLV (R29). Slices: p == NULL means absent. */
+struct mqx_proxy_tls {
+    uint8_t present;           /* an SSL TLV was seen */
+    uint8_t client;            /* MQX_PP2_CLIENT_* bits */
+    uint8_t has_client_cert;   /* CLIENT_CERT sub-TLV seen (not kept) */
+    uint32_t verify;           /* 0: certificate verified (if any) */
+    uint32_t client_cert_len;  /* DER length of CLIENT_CERT */
+    struct mqx_str version;    /* "TLSv1.3" */
+    struct mqx_str cn;         /* raw: may hold NUL, check before use */
+    struct mqx_str cipher;     /* "TLS_AES_256_GCM_SHA384" */
+    struct mqx_str sig_alg;    /* "RSA-SHA256" */
+    struct mqx_str key_alg;    /* "RSA2048" */
+    struct mqx_str group;      /* "X25519" */
+    struct mqx_str sig_scheme; /* "rsa_pss_rsae_sha256" */
+};
+
+/* A decoded header. Valid after MQX_DONE; after MQX_BAD/MQX_BIG only
+ * err, reason and hint are. Slices point into the parsed buffer and die
+ * with it: copy what the connection keeps (R45). */
+struct mqx_proxy {
+    uint8_t version;          /* 1 or 2 */
+    uint8_t command;          /* enum mqx_proxy_cmd */
+    uint8_t family;           /* enum mqx_proxy_af; UNSPEC unless PROXY */
+    uint8_t fam_byte;         /* v2 family/transport byte, for DEBUG */
+    uint8_t src_addr[16];     /* INET: 4 bytes, INET6: 16, network order */
+    uint8_t dst_addr[16];     /* same for the destination */
+    uint16_t src_port;        /* 0 for UNIX */
+    uint16_t dst_port;        /* kept for DEBUG logs (R26, R46) */
+    struct mqx_str src_path;  /* UNIX: path up to its first NUL (R30) */
+    struct mqx_str dst_path;  /* UNIX: same for the destination */
+    struct mqx_str alpn;      /* R28, raw bytes, escape before logging */
+    struct mqx_str authority; /* R28 SNI, <= 255 bytes, raw */
+    struct mqx_str unique_id; /* R28, <= 128 bytes, binary: log as hex */
+    uint8_t crc_verified;     /* a CRC32C TLV was present and matched */
+    struct mqx_proxy_tls tls; /* tls.present == 0 without SSL TLV */
+    uint8_t err;              /* enum mqx_proxy_err */
+    uint8_t hint;             /* enum mqx_proxy_hint */
+    const char *reason;       /* R55 text, static; NULL when ok */
+};
+
+/* CIDR of proxy_protocol_trusted_sources (R6, R10). */
+struct mqx_cidr {
+    uint8_t family;   /* MQX_PROXY_AF_INET or MQX_PROXY_AF_INET6 */
+    uint8_t bits;     /* prefix length: 0..32 or 0..128 */
+    uint8_t loose;    /* host bits were set and have been cleared */
+    uint8_t addr[16]; /* network order, host bits zero */
+};
+
+uint32_t mqx_crc32c(uint32_t crc, const uint8_t *p, size_t n);
+enum mqx_rc mqx_proxy_parse(const uint8_t *buf, size_t len, int version,
+                            struct mqx_proxy *out, size_t *used);
+const char *mqx_proxy_hint_str(int hint);
+int mqx_proxy_tls_used(const struct mqx_proxy *pp);
+int mqx_proxy_cert_ok(const struct mqx_proxy *pp);
+enum mqx_proxy_verdict mqx_proxy_tls_check(const struct mqx_proxy *pp,
+                                           int require_tls, int require_cert);
+enum mqx_proxy_verdict mqx_proxy_policy(const struct mqx_proxy *pp,
+                                        int require_tls, int require_cert);
+const char *mqx_proxy_verdict_str(enum mqx_proxy_verdict v);
+int mqx_proxy_cn_username(const struct mqx_proxy *pp, struct mqx_str *user);
+size_t mqx_proxy_fmt_addr(char *dst, size_t cap, int family,
+                          const uint8_t *addr, uint16_t port);
+size_t mqx_proxy_fmt_client(char *dst, size_t cap, const struct mqx_proxy *pp);
+size_t mqx_proxy_fmt_dest(char *dst, size_t cap, const struct mqx_proxy *pp);
+size_t mqx_proxy_escape(char *dst, size_t cap, struct mqx_str s);
+int mqx_proxy_addr_norm(int family, const uint8_t *addr, const uint8_t **sig);
+enum mqx_rc mqx_proxy_cidr_parse(const char *s, size_t len,
+                                 struct mqx_cidr *out);
+int mqx_cidr_match(const struct mqx_cidr *c, int family, const uint8_t *addr);
+int mqx_cidr_match_list(const struct mqx_cidr *v, size_t n, int family,
+                        const uint8_t *addr);
+
 /* ---- MQTT codec [7] ---- */
 enum mqx_ptype {
     MQX_CONNECT = 1,
