@@ -71,8 +71,10 @@ bb: mqttpx tests/tools/mallocount.so
 test: deps
 	$(MAKE) mqttpx
 	$(MAKE) TLS=0 mqttpx-tls0-check
+	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) bb
+	$(MAKE) bb-san
 	$(MAKE) openwrt-check
 	$(MAKE) cross
 	@echo "make test: all suites passed"
@@ -99,11 +101,31 @@ install: mqttpx
 	install -m 0755 mqttpx $(DESTDIR)$(PREFIX)/sbin/mqttpx
 	install -m 0644 config.example $(DESTDIR)$(PREFIX)/etc/mqttpx/mqttpx.conf.example
 
+# black-box tests against the sanitizer build (ASan + UBSan), once
+bb-san: mqttpx-san tests/tools/mallocount.so
+	MQTTPX=$(CURDIR)/mqttpx-san ASAN_OPTIONS=detect_leaks=0 \
+	    $(PY) -m pytest -q tests/bb --deselect tests/bb/test_memory.py
+
+TIDY_CHECKS = -*,clang-analyzer-*,bugprone-*,-bugprone-easily-swappable-parameters,$\
+              -bugprone-reserved-identifier,$\
+              -clang-analyzer-security.insecureAPI.DeprecatedOrUnsafeBufferHandling
+
+lint:
+	clang-format --dry-run -Werror mqttpx.c mqttpx.h tests/*.c tests/tools/*.c
+	cppcheck --enable=warning,performance,portability --error-exitcode=1 -q \
+	    mqttpx.c
+	clang-tidy mqttpx.c --quiet --checks='$(TIDY_CHECKS)' \
+	    --warnings-as-errors='*' -- -std=c11
+	$(MAKE) CC=clang mqttpx-clang-check
+
+mqttpx-clang-check: mqttpx.c mqttpx.h
+	clang $(CFLAGS) $(WARN) -Werror -o mqttpx-clang mqttpx.c $(TLSLIBS)
+
 fmt:
 	clang-format -i mqttpx.c mqttpx.h tests/*.c
 
 clean:
-	rm -f mqttpx mqttpx-san mqttpx-tls0 tests/unit
+	rm -f mqttpx mqttpx-san mqttpx-tls0 mqttpx-clang tests/unit
 
-.PHONY: all run deps unit bb test install fmt clean mqttpx-tls0-check cross size \
+.PHONY: all run deps unit bb bb-san lint mqttpx-clang-check test install fmt clean mqttpx-tls0-check cross size \
         openwrt-check

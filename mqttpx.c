@@ -319,16 +319,9 @@ struct lsock {
 
 struct broker {
     struct cfg cfg;
-    const char *cfg_path;
-    /* [3] logging */
-    int log_fd;    /* log_dest file, -1 */
-    int syslog_fd; /* /dev/log datagram socket, -1 */
-    int64_t log_rl_ms;
-    uint32_t log_rl_n;
     /* [4] memory */
     uint8_t *arena;
     size_t arena_size, arena_off;
-    int sealed;
     struct store st;
     struct pool p_conn, p_sess, p_sub, p_node, p_msg, p_qent;
     struct conn *conns;
@@ -337,37 +330,30 @@ struct broker {
     struct node *nodes;
     struct msg *msgs;
     struct qent *qents;
-    uint32_t *node_ht; /* (parent, name) -> node, open addressing */
-    uint32_t node_ht_mask;
-    uint32_t *sess_ht; /* client id -> session, chained */
-    uint32_t sess_ht_mask;
-    uint32_t *match; /* sessions matched by one routing pass */
-    uint32_t n_match;
-    uint32_t stamp;
-    uint32_t *dirty; /* connections with output to fill or flush */
-    uint32_t n_dirty;
-    uint8_t *scratch;
-    /* [8] retained */
-    uint32_t n_retained;
-    uint64_t retained_bytes;
-    uint32_t n_subs;
-    /* [13] connections */
+    uint32_t *node_ht;  /* (parent, name) -> node, open addressing */
+    uint32_t *sess_ht;  /* client id -> session, chained */
+    uint32_t *match;    /* sessions matched by one routing pass */
+    uint32_t *dirty;    /* connections with output to fill or flush */
+    uint8_t *scratch;   /* the shared read buffer */
     struct pollfd *pfd; /* listeners first, then one per connection slot */
-    uint32_t n_pfd;
+    uint32_t node_ht_mask, sess_ht_mask;
+    uint32_t n_match, stamp, n_dirty;
+    /* [8] retained, [9] subscriptions */
+    uint32_t n_retained, n_subs;
+    uint64_t retained_bytes;
+    /* [13] connections */
     struct lsock ls[MQX_MAX_LSOCKS];
-    uint32_t n_ls;
+    uint32_t n_pfd, n_ls;
     uint32_t conn_hwm; /* slots below this may be in use */
-    uint32_t n_online;
-    uint32_t peak_online;
+    uint32_t n_online, peak_online;
+    int throttled; /* some connections are not read: the store is full */
     uint64_t id_counter;
-    int throttled; /* the store passed its high watermark */
-    int64_t next_scan_ms;
-    /* [15] loop */
+    /* [3] logging, [15] loop */
+    int log_fd;    /* log_dest file, -1 */
+    int syslog_fd; /* /dev/log datagram socket, -1 */
+    int wake[2];   /* self-pipe: signals wake poll() */
     volatile sig_atomic_t sig_quit, sig_hup;
-    int wake[2];
-    int64_t start_ms;
-    int64_t next_sys_ms;
-    int64_t now;
+    int64_t now, start_ms, next_sys_ms, next_scan_ms;
     /* $SYS counters */
     uint64_t msgs_rx, msgs_tx, bytes_rx, bytes_tx, pub_dropped;
     uint64_t conns_refused, conns_total;
@@ -736,14 +722,14 @@ st_link(uint32_t unit, int which)
 {
     uint32_t v;
 
-    memcpy(&v, st_ptr(unit) + 4 * which, 4);
+    memcpy(&v, st_ptr(unit) + (size_t)4 * (size_t)which, 4);
     return v;
 }
 
 static void
 st_set_link(uint32_t unit, int which, uint32_t v)
 {
-    memcpy(st_ptr(unit) + 4 * which, &v, 4);
+    memcpy(st_ptr(unit) + (size_t)4 * (size_t)which, &v, 4);
 }
 
 static void
@@ -1037,7 +1023,7 @@ cfg_defaults(struct cfg *c)
     c->max_connections = -1;
     c->log_dest = LOG_D_STDERR;
     c->log_type = LOG_T_ERR | LOG_T_WARN | LOG_T_NOTICE | LOG_T_INFO;
-    strcpy(c->user, "mqttpx");
+    str_set(c->user, sizeof c->user, "mqttpx");
 }
 
 /* Parses a decimal integer with an optional suffix; 0 on success. */
@@ -1056,9 +1042,9 @@ cfg_number(const char *s, int type, int64_t *out)
         if ((*end == 'k' || *end == 'K') && end[1] == '\0')
             mul = 1024;
         else if (*end == 'M' && end[1] == '\0')
-            mul = 1024 * 1024;
+            mul = INT64_C(1) << 20;
         else if (*end == 'G' && end[1] == '\0')
-            mul = 1024 * 1024 * 1024;
+            mul = INT64_C(1) << 30;
         else
             return -1;
     } else if (type == CT_SECS && *end) {
@@ -1067,19 +1053,19 @@ cfg_number(const char *s, int type, int64_t *out)
             mul = 1;
             break;
         case 'h':
-            mul = 3600;
+            mul = INT64_C(3600);
             break;
         case 'd':
-            mul = 86400;
+            mul = INT64_C(86400);
             break;
         case 'w':
-            mul = 7 * 86400;
+            mul = INT64_C(7) * 86400;
             break;
         case 'm':
-            mul = 30 * 86400;
+            mul = INT64_C(30) * 86400;
             break;
         case 'y':
-            mul = 365 * 86400;
+            mul = INT64_C(365) * 86400;
             break;
         default:
             return -1;
@@ -1150,7 +1136,7 @@ cfg_log_dest(struct cfg *c, const char *file, int line, const char *v,
             cfg_err(c, file, line, "log_dest: path too long");
             return -1;
         }
-        strcpy(c->log_file, arg);
+        str_set(c->log_file, sizeof c->log_file, arg);
         c->log_dest |= LOG_D_FILE;
     } else {
         cfg_err(c, file, line, "log_dest: unknown destination '%s'", v);
@@ -1189,7 +1175,7 @@ cfg_listener(struct cfg *c, const char *file, int line, const char *port,
             cfg_err(c, file, line, "listener: '%s' is too long", bind);
             return -1;
         }
-        strcpy(l->bind, bind);
+        str_set(l->bind, sizeof l->bind, bind);
     }
     l->port = (uint16_t)p;
     l->is_unix = p == 0;
@@ -1323,7 +1309,7 @@ cfg_proxy(struct cfg *c, const char *file, int line, const char *key,
         return -1;
     }
     if (strcmp(key, "enable_proxy_protocol") == 0) {
-        if (strcmp(arg[0], "1") && strcmp(arg[0], "2")) {
+        if (strcmp(arg[0], "1") != 0 && strcmp(arg[0], "2") != 0) {
             cfg_err(c, file, line, "enable_proxy_protocol must be 1 or 2.");
             return -1;
         }
@@ -1342,7 +1328,7 @@ cfg_proxy(struct cfg *c, const char *file, int line, const char *key,
         return 0;
     }
     if (strcmp(key, "proxy_protocol_local") == 0) {
-        if (strcmp(arg[0], "accept") && strcmp(arg[0], "close")) {
+        if (strcmp(arg[0], "accept") != 0 && strcmp(arg[0], "close") != 0) {
             cfg_err(c, file, line, "%s: expected accept or close", key);
             return -1;
         }
@@ -1359,7 +1345,7 @@ cfg_proxy(struct cfg *c, const char *file, int line, const char *key,
                      : field == &l->use_identity      ? &l->line_ident
                                                       : &l->line_tls;
         if (field == &l->proxy_require_tls &&
-            strcmp(key, "proxy_protocol_v2_require_tls")) {
+            strcmp(key, "proxy_protocol_v2_require_tls") != 0) {
             cfg_err(c, file, line, "unknown option '%s'", key);
             return -1;
         }
@@ -1474,7 +1460,7 @@ cfg_line(struct cfg *c, const char *file, int line, char *s, int depth)
             cfg_err(c, file, line, "%s: value too long", key);
             return -1;
         }
-        strcpy((char *)c + cfg_keys[i].off, rest);
+        str_set((char *)c + cfg_keys[i].off, cfg_keys[i].len, rest);
         return 0;
     }
     while (*rest && n_arg < (int)(sizeof arg / sizeof arg[0])) {
@@ -4035,9 +4021,8 @@ static int64_t
 log_limit_src(const char *addr)
 {
     static struct {
-        uint32_t h;
         int64_t last;
-        uint32_t quiet;
+        uint32_t h, quiet;
     } t[32];
     const char *colon = strrchr(addr, ':');
     size_t n = colon ? (size_t)(colon - addr) : strlen(addr);
@@ -4320,7 +4305,7 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
     c->keepalive = ck.keepalive;
     c->state = CONN_ONLINE;
     c->resend = g.sess[s].f_head;
-    c->deadline_ms = ck.keepalive ? g.now + ck.keepalive * 1500 : 0;
+    c->deadline_ms = ck.keepalive ? g.now + (int64_t)ck.keepalive * 1500 : 0;
     g.n_online++;
     if (g.n_online > g.peak_online) g.peak_online = g.n_online;
     if (g.cfg.connection_messages) {
@@ -4669,8 +4654,8 @@ pp_log_connection(struct conn *c)
 static size_t
 loop_parse(struct conn *c, const uint8_t *buf, size_t len)
 {
-    size_t off = 0, used;
-    struct mqx_packet pk;
+    size_t off = 0, used = 0;
+    struct mqx_packet pk = {0, 0, NULL, 0};
 
     while (off < len && c->state != CONN_CLOSING) {
         enum mqx_rc rc = mqx_mqtt_frame(
@@ -4731,6 +4716,7 @@ loop_keep(struct conn *c, const uint8_t *p, size_t n)
         conn_oom(c, "a partial packet");
         return;
     }
+    assert(p != NULL);
     memcpy(b, p, n);
     st_free(c->rx);
     c->rx = b;
@@ -4764,7 +4750,7 @@ loop_read(struct conn *c)
         size_t room = (g.st.size - g.st.used) / 4;
         if (room < 1024) room = 1024;
         if (cap > have + room) cap = have + room;
-        if (have) memcpy(g.scratch, c->rx, have);
+        if (have && c->rx) memcpy(g.scratch, c->rx, have);
     }
     n = recv(c->fd, buf + have, cap - have, 0);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
@@ -4804,7 +4790,8 @@ loop_read(struct conn *c)
     }
     g.bytes_rx += (uint64_t)n;
     if (c->keepalive && c->state == CONN_ONLINE)
-        c->deadline_ms = g.now + c->keepalive * 1500; /* [MQTT-3.1.2-24] */
+        c->deadline_ms =
+            g.now + (int64_t)c->keepalive * 1500; /* [MQTT-3.1.2-24] */
     have += (size_t)n;
     used = c->state == CONN_PROXY ? loop_proxy(c, buf, have) : 0;
     if (c->state == CONN_CLOSING) return;
@@ -5289,7 +5276,7 @@ arena_plan(int take, char *line, size_t cap)
     PLAN(1, MQX_SCRATCH);
     PLAN(store / MQX_STORE_MIN, 1);
     PLAN(store, 1);
-    total += 16 * 16; /* alignment slack of the pools */
+    total += (size_t)16 * 16; /* alignment slack of the pools */
 #undef PLAN
     if (line)
         snprintf(line, cap,
@@ -5461,7 +5448,7 @@ main(int argc, char **argv)
         struct sockaddr_un sun;
         memset(&sun, 0, sizeof sun);
         sun.sun_family = AF_UNIX;
-        strcpy(sun.sun_path, "/dev/log");
+        str_set(sun.sun_path, sizeof sun.sun_path, "/dev/log");
         g.syslog_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
         if (g.syslog_fd >= 0 &&
             connect(g.syslog_fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
@@ -5505,7 +5492,6 @@ main(int argc, char **argv)
         fprintf(f, "%ld\n", (long)getpid());
         fclose(f);
     }
-    g.sealed = 1;
     g.next_scan_ms = g.now + MQX_SCAN_MS;
     g.next_sys_ms = g.now;
     {
