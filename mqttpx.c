@@ -182,6 +182,14 @@ struct cfg {
     char err[512]; /* the error of a failed parse */
 };
 
+/* Where the configuration comes from, kept for SIGHUP. */
+struct cfg_src {
+    const char *path;     /* -c FILE, or NULL */
+    const char *ports[8]; /* -p PORT */
+    int n_ports;
+    int verbose; /* -v: log_type all, over the file's log_type */
+};
+
 /* A pool of fixed slots: index free list plus a generation per slot, so a
  * handle {idx, gen} kept across iterations goes stale when the slot is
  * freed. */
@@ -319,6 +327,7 @@ struct lsock {
 
 struct broker {
     struct cfg cfg;
+    struct cfg_src src;
     /* [4] memory */
     uint8_t *arena;
     size_t arena_size, arena_off;
@@ -571,6 +580,34 @@ log_sys(unsigned type, const char *fmt, ...)
     va_end(ap);
     log_at(type, "%s: %s", msg, strerror(e));
     errno = e;
+}
+
+/* Opens the log file and the syslog socket that g.cfg names, closing the
+ * old ones (start-up and SIGHUP). -1 when the log file cannot be opened. */
+static int
+log_open(void)
+{
+    if (g.log_fd >= 0) close(g.log_fd);
+    if (g.syslog_fd >= 0) close(g.syslog_fd);
+    g.log_fd = g.syslog_fd = -1;
+    if (g.cfg.log_dest & LOG_D_FILE) {
+        g.log_fd = open(g.cfg.log_file,
+                        O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        if (g.log_fd < 0) return -1;
+    }
+    if (g.cfg.log_dest & LOG_D_SYSLOG) {
+        struct sockaddr_un sun;
+        memset(&sun, 0, sizeof sun);
+        sun.sun_family = AF_UNIX;
+        str_set(sun.sun_path, sizeof sun.sun_path, "/dev/log");
+        g.syslog_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (g.syslog_fd >= 0 &&
+            connect(g.syslog_fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
+            close(g.syslog_fd);
+            g.syslog_fd = -1;
+        }
+    }
+    return 0;
 }
 
 /* Rate limit for repeated events: returns how many were suppressed before
@@ -1620,6 +1657,64 @@ cfg_finish(struct cfg *c)
         }
     }
     return 0;
+}
+
+/* The whole configuration: the file, then -p listeners, then Mosquitto's
+ * defaults that depend on what was given. 0, or -1 with c->err. */
+static int
+cfg_load(struct cfg *c, const struct cfg_src *src)
+{
+    int i;
+
+    cfg_defaults(c);
+    if (src->path && cfg_parse_file(c, src->path, 0)) return -1;
+    for (i = 0; i < src->n_ports; i++)
+        if (cfg_listener(c, "-p", 0, src->ports[i],
+                         src->path ? NULL : "127.0.0.1"))
+            return -1;
+    if (c->n_lsn == 0) { /* Mosquitto's local-only mode */
+        cfg_listener(c, "(default)", 0, "1883", "127.0.0.1");
+        if (c->allow_anonymous < 0) c->allow_anonymous = 1;
+    }
+    if (!src->path && c->allow_anonymous < 0) c->allow_anonymous = 1;
+    if (c->allow_anonymous < 0) c->allow_anonymous = 0;
+    if (src->verbose) c->log_type = LOG_T_ALL;
+    return cfg_finish(c);
+}
+
+/* Options a reload cannot change: they size the pools or the process. */
+static int
+cfg_restart_only(const char *name)
+{
+    static const char *const keys[] = {
+        "max_sessions",     "max_subscriptions",
+        "max_topic_nodes",  "message_store_bytes",
+        "max_queued_total", "max_packet_size",
+        "memory_limit",     "user",
+        "pid_file",
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (strcmp(keys[i], name) == 0) return 1;
+    return 0;
+}
+
+/* Listeners are compared field by field (not their counters). */
+static int
+cfg_listener_same(const struct listener *a, const struct listener *b)
+{
+    return a->port == b->port && strcmp(a->bind, b->bind) == 0 &&
+           a->proxy == b->proxy &&
+           a->proxy_require_tls == b->proxy_require_tls &&
+           a->require_certificate == b->require_certificate &&
+           a->use_identity == b->use_identity &&
+           a->proxy_local_close == b->proxy_local_close &&
+           a->proxy_timeout == b->proxy_timeout &&
+           a->max_connections == b->max_connections &&
+           a->n_trusted == b->n_trusted &&
+           memcmp(a->trusted, b->trusted,
+                  a->n_trusted * sizeof a->trusted[0]) == 0;
 }
 
 /* ==== [6] PROXY v1/v2 parser ==== */
@@ -5068,6 +5163,78 @@ sys_publish(void)
     sys_pub("$SYS/broker/heap/current", "%zu", g.arena_off);
 }
 
+/* SIGHUP: reads the configuration again into a temporary (freed after),
+ * applies what can change in a running broker, and says in the log what
+ * needs a restart. A bad file keeps the running configuration. */
+static void
+loop_reload(void)
+{
+    struct cfg *n = malloc(sizeof *n);
+    size_t i;
+    uint32_t li;
+    int restart = 0;
+
+    if (!n) {
+        log_at(LOG_T_ERR, "Reload: out of memory; configuration unchanged.");
+        return;
+    }
+    log_at(LOG_T_NOTICE, "Reloading config.");
+    if (cfg_load(n, &g.src)) {
+        log_at(LOG_T_ERR,
+               "Reload failed: %s; keeping the running configuration.", n->err);
+        free(n);
+        return;
+    }
+    for (i = 0; i < CFG_N_KEYS; i++) {
+        const struct cfg_key *k = &cfg_keys[i];
+        char *was = (char *)&g.cfg + k->off, *now = (char *)n + k->off;
+        if (k->type == CT_SPECIAL) continue;
+        if (k->type == CT_STR ? strcmp(was, now) == 0
+                              : memcmp(was, now, sizeof(int64_t)) == 0)
+            continue;
+        if (cfg_restart_only(k->name)) {
+            log_at(LOG_T_WARN, "Reload: %s changed, but it needs a restart.",
+                   k->name);
+            restart = 1;
+            continue;
+        }
+        if (k->type == CT_STR) {
+            str_set(was, k->len, now);
+            log_at(LOG_T_NOTICE, "Reload: %s %s", k->name, now);
+        } else {
+            int64_t v;
+            memcpy(was, now, sizeof v);
+            memcpy(&v, now, sizeof v);
+            log_at(LOG_T_NOTICE, "Reload: %s %lld", k->name, (long long)v);
+        }
+    }
+    if (n->max_connections != g.cfg.max_connections) {
+        log_at(LOG_T_WARN, "Reload: max_connections (the connection pool) "
+                           "changed, but it needs a restart.");
+        restart = 1;
+    }
+    if (n->n_lsn != g.cfg.n_lsn) {
+        restart = 1;
+    } else {
+        for (li = 0; li < n->n_lsn; li++)
+            if (!cfg_listener_same(&n->lsn[li], &g.cfg.lsn[li])) restart = 1;
+    }
+    if (restart)
+        log_at(LOG_T_WARN, "Reload: listeners and pool sizes stay as they "
+                           "were started; restart mqttpx to change them.");
+    if (n->log_dest != g.cfg.log_dest || n->log_type != g.cfg.log_type ||
+        strcmp(n->log_file, g.cfg.log_file) != 0) {
+        g.cfg.log_dest = n->log_dest;
+        g.cfg.log_type = n->log_type;
+        str_set(g.cfg.log_file, sizeof g.cfg.log_file, n->log_file);
+        if (log_open()) {
+            g.cfg.log_dest = LOG_D_STDERR;
+            log_sys(LOG_T_ERR, "Reload: log_dest file %s", g.cfg.log_file);
+        }
+    }
+    free(n);
+}
+
 static void
 loop_signal(int sig)
 {
@@ -5110,7 +5277,7 @@ loop_run(void)
         g.now = now_ms();
         if (g.sig_hup) {
             g.sig_hup = 0;
-            log_at(LOG_T_NOTICE, "Received SIGHUP: nothing to reload yet.");
+            loop_reload();
         }
         if (n > 0) {
             for (i = 0; i < g.n_ls; i++) {
@@ -5384,24 +5551,22 @@ drop_privileges(void)
 int
 main(int argc, char **argv)
 {
-    const char *cfg_path = NULL;
     char budget[512];
-    int test = 0, verbose = 0, daemonize = 0, i;
-    const char *ports[8];
-    int n_ports = 0;
+    int test = 0, daemonize = 0, i;
     uint32_t li;
     struct sigaction sa;
 
     cfg_defaults(&g.cfg);
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
-            cfg_path = argv[++i];
+            g.src.path = argv[++i];
         else if (strcmp(argv[i], "-p") == 0 && i + 1 < argc &&
-                 n_ports < (int)(sizeof ports / sizeof ports[0]))
-            ports[n_ports++] = argv[++i];
+                 g.src.n_ports <
+                     (int)(sizeof g.src.ports / sizeof g.src.ports[0]))
+            g.src.ports[g.src.n_ports++] = argv[++i];
         else if (strcmp(argv[i], "-v") == 0 ||
                  strcmp(argv[i], "--verbose") == 0)
-            verbose = 1;
+            g.src.verbose = 1;
         else if (strcmp(argv[i], "-d") == 0 || strcmp(argv[i], "--daemon") == 0)
             daemonize = 1;
         else if (strcmp(argv[i], "-t") == 0 ||
@@ -5416,19 +5581,7 @@ main(int argc, char **argv)
             return 1;
         }
     }
-    if (cfg_path && cfg_parse_file(&g.cfg, cfg_path, 0)) die("%s", g.cfg.err);
-    for (i = 0; i < n_ports; i++)
-        if (cfg_listener(&g.cfg, "-p", 0, ports[i],
-                         cfg_path ? NULL : "127.0.0.1"))
-            die("%s", g.cfg.err);
-    if (g.cfg.n_lsn == 0) { /* Mosquitto's local-only mode */
-        cfg_listener(&g.cfg, "(default)", 0, "1883", "127.0.0.1");
-        if (g.cfg.allow_anonymous < 0) g.cfg.allow_anonymous = 1;
-    }
-    if (!cfg_path && g.cfg.allow_anonymous < 0) g.cfg.allow_anonymous = 1;
-    if (g.cfg.allow_anonymous < 0) g.cfg.allow_anonymous = 0;
-    if (verbose) g.cfg.log_type = LOG_T_ALL;
-    if (cfg_finish(&g.cfg)) die("%s", g.cfg.err);
+    if (cfg_load(&g.cfg, &g.src)) die("%s", g.cfg.err);
     g.arena_size = arena_plan(0, budget, sizeof budget);
     if (g.cfg.memory_limit && g.arena_size > (uint64_t)g.cfg.memory_limit)
         die("memory budget %zu bytes exceeds memory_limit %lld", g.arena_size,
@@ -5438,24 +5591,8 @@ main(int argc, char **argv)
         return 0;
     }
     g.log_fd = g.syslog_fd = -1;
-    if (g.cfg.log_dest & LOG_D_FILE) {
-        g.log_fd = open(g.cfg.log_file,
-                        O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-        if (g.log_fd < 0)
-            die("log_dest file %s: %s", g.cfg.log_file, strerror(errno));
-    }
-    if (g.cfg.log_dest & LOG_D_SYSLOG) {
-        struct sockaddr_un sun;
-        memset(&sun, 0, sizeof sun);
-        sun.sun_family = AF_UNIX;
-        str_set(sun.sun_path, sizeof sun.sun_path, "/dev/log");
-        g.syslog_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        if (g.syslog_fd >= 0 &&
-            connect(g.syslog_fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
-            close(g.syslog_fd);
-            g.syslog_fd = -1;
-        }
-    }
+    if (log_open())
+        die("log_dest file %s: %s", g.cfg.log_file, strerror(errno));
     tzset();
     g.now = g.start_ms = now_ms();
     log_at(LOG_T_NOTICE, "mqttpx version %s starting", MQX_VERSION);
