@@ -523,8 +523,10 @@ log_syslog(unsigned type, const char *msg, size_t n)
     localtime_r(&t, &tm);
     strftime(ts, sizeof ts, "%b %e %H:%M:%S", &tm);
     k = snprintf(rec, sizeof rec, "<%d>%s mqttpx[%ld]: %.*s",
-                 (int)(g.cfg.log_facility * 8) + log_syslog_pri(type), ts,
-                 (long)getpid(), (int)n, msg);
+                 (g.cfg.log_facility < 0 ? 3 * 8 /* daemon */
+                                         : (16 + (int)g.cfg.log_facility) * 8) +
+                     log_syslog_pri(type),
+                 ts, (long)getpid(), (int)n, msg);
     if (k < 0) return;
     if ((size_t)k >= sizeof rec) k = (int)sizeof rec - 1;
     (void)send(g.syslog_fd, rec, (size_t)k, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -994,8 +996,8 @@ static const struct cfg_key cfg_keys[] = {
     CK_SPECIAL("log_type", "error | warning | notice | information | "
                            "subscribe | unsubscribe | debug | all | none; "
                            "default error, warning, notice, information"),
-    CK_INT(log_facility, CT_INT, 0, 23, 3,
-           "syslog facility number (3: daemon, 16-23: local0-7)"),
+    CK_INT(log_facility, CT_INT, 0, 7, -1,
+           "syslog facility local0..local7 (0-7); default daemon"),
     CK_INT(connection_messages, CT_BOOL, 0, 1, 1,
            "log connects and disconnects"),
     CK_INT(log_timestamp, CT_BOOL, 0, 1, 1,
