@@ -10,13 +10,14 @@
  * ways, retained messages, wills, persistent sessions, keepalive, $SYS.
  *
  * Map (grep -n '^/\* ====' mqttpx.c):
- *   [1] platform, ceilings, data model    [9]  sessions and queues
- *   [2] helpers                           [10] auth
- *   [3] logging                           [13] connections
- *   [4] memory: arena, pools, store       [14] protocol handlers
- *   [5] config                            [15] poll loop, listeners, signals
+ *   [1] platform, ceilings, data model    [9]  auth and ACL
+ *   [2] helpers                           [10] sessions, queues, routing
+ *   [3] logging                           [11] crypto glue (mbedTLS)
+ *   [4] memory: arena, pools, store       [13] connections
+ *   [5] config                            [14] protocol handlers
+ *   [6] PROXY v1/v2 parser (pure)         [15] poll loop, listeners, signals
  *   [7] MQTT codec (pure)                 [16] main
- *   [8] topics, tree, retained
+ *   [8] messages, topics, tree, retained
  *
  * Build: cc -std=c11 -O2 mqttpx.c -o mqttpx -lmbedtls -lmbedx509 -lmbedcrypto
  *        (make TLS=0: -DMQX_TLS=0 ... -lmbedcrypto)
@@ -123,7 +124,15 @@ enum {
 
 enum { LOG_D_STDERR = 1, LOG_D_STDOUT = 2, LOG_D_SYSLOG = 4, LOG_D_FILE = 8 };
 
+/* Who may connect: global, or per listener with per_listener_settings. */
+struct authcfg {
+    int64_t allow_anonymous; /* -1 until cfg_load() settles it */
+    char password_file[MQX_PATH_MAX];
+    char acl_file[MQX_PATH_MAX];
+};
+
 struct listener {
+    struct authcfg auth;     /* with per_listener_settings */
     char bind[MQX_PATH_MAX]; /* address, or socket path when port is 0 */
     uint16_t port;
     uint8_t is_unix;
@@ -138,8 +147,8 @@ struct listener {
     uint8_t use_identity; /* use_identity_as_username */
     uint8_t proxy_local_close;
     uint8_t n_trusted;
-    int64_t proxy_timeout;                             /* seconds */
-    int line_tls, line_cert, line_ident, line_timeout; /* for R5 errors */
+    int64_t proxy_timeout;                                         /* seconds */
+    int line_tls, line_cert, line_ident, line_timeout, line_local; /* R5 */
     struct mqx_cidr trusted[MQX_MAX_TRUSTED];
 };
 
@@ -148,7 +157,8 @@ struct cfg {
     struct listener lsn[MQX_MAX_LISTENERS];
     uint32_t n_lsn;
     int64_t max_connections;
-    int64_t allow_anonymous;
+    struct authcfg auth;
+    int64_t per_listener_settings;
     int64_t max_packet_size;
     int64_t message_size_limit;
     int64_t max_inflight_messages;
@@ -279,6 +289,9 @@ struct sess {
     uint8_t match_qos;
     int64_t expire_ms; /* offline persistent session: drop after this */
     uint64_t dropped;  /* messages dropped for this session */
+    uint32_t user;     /* store unit of the user name, NIL: anonymous */
+    uint16_t user_len;
+    uint8_t lsn; /* listener of its last connection: the auth domain */
 };
 
 enum { CONN_FREE = 0, CONN_PROXY, CONN_NEW, CONN_ONLINE, CONN_CLOSING };
@@ -943,9 +956,16 @@ static const struct cfg_key cfg_keys[] = {
     CK_SPECIAL("max_connections",
                "after a listener: limit for that listener (-1 none); before "
                "any listener: size of the connection pool (-1: 1024)"),
-    CK_INT(allow_anonymous, CT_BOOL, 0, 1, -1,
-           "clients without a username may connect (default false, true "
-           "when no listener is configured)"),
+    CK_SPECIAL("allow_anonymous",
+               "clients without a username may connect (default false, true "
+               "when no listener is configured)"),
+    CK_SPECIAL("password_file",
+               "mosquitto_passwd file ($6$ and $7$ hashes); without it, "
+               "user names are not checked"),
+    CK_SPECIAL("acl_file", "Mosquitto ACL file: topic, user, pattern lines"),
+    CK_INT(per_listener_settings, CT_BOOL, 0, 1, 0,
+           "allow_anonymous, password_file and acl_file apply to the "
+           "listener they follow"),
     CK_INT(max_packet_size, CT_BYTES, 0, 268435455, 0,
            "largest packet accepted, bytes; 0: a quarter of "
            "message_store_bytes"),
@@ -1060,6 +1080,7 @@ cfg_defaults(struct cfg *c)
             memcpy((char *)c + cfg_keys[i].off, &cfg_keys[i].def,
                    sizeof(int64_t));
     c->max_connections = -1;
+    c->auth.allow_anonymous = -1;
     c->log_dest = LOG_D_STDERR;
     c->log_type = LOG_T_ERR | LOG_T_WARN | LOG_T_NOTICE | LOG_T_INFO;
     str_set(c->user, sizeof c->user, "mqttpx");
@@ -1219,6 +1240,7 @@ cfg_listener(struct cfg *c, const char *file, int line, const char *port,
     l->port = (uint16_t)p;
     l->is_unix = p == 0;
     l->max_connections = -1;
+    l->auth.allow_anonymous = -1;
     l->proxy_timeout = 5; /* R7 */
     l->file = file;
     l->line = line;
@@ -1372,6 +1394,7 @@ cfg_proxy(struct cfg *c, const char *file, int line, const char *key,
             return -1;
         }
         l->proxy_local_close = arg[0][0] == 'c';
+        l->line_local = line;
         return 0;
     }
     {
@@ -1433,6 +1456,33 @@ cfg_special(struct cfg *c, const char *file, int line, const char *key,
         strcmp(key, "require_certificate") == 0 ||
         strcmp(key, "use_identity_as_username") == 0)
         return cfg_proxy(c, file, line, key, arg, n_arg);
+    if (strcmp(key, "allow_anonymous") == 0 ||
+        strcmp(key, "password_file") == 0 || strcmp(key, "acl_file") == 0) {
+        struct authcfg *ac = c->per_listener_settings && c->n_lsn
+                                 ? &c->lsn[c->n_lsn - 1].auth
+                                 : &c->auth;
+        uint8_t b;
+        if (n_arg != 1) {
+            cfg_err(c, file, line, "%s: expected one value", key);
+            return -1;
+        }
+        if (key[0] == 'a' && key[1] == 'l') {
+            if (cfg_bool(arg[0], &b)) {
+                cfg_err(c, file, line, "%s: expected true or false, not '%s'",
+                        key, arg[0]);
+                return -1;
+            }
+            ac->allow_anonymous = b;
+            return 0;
+        }
+        if (strlen(arg[0]) >= MQX_PATH_MAX) {
+            cfg_err(c, file, line, "%s: path too long", key);
+            return -1;
+        }
+        str_set(key[0] == 'p' ? ac->password_file : ac->acl_file, MQX_PATH_MAX,
+                arg[0]);
+        return 0;
+    }
     if (strcmp(key, "log_type") == 0) {
         for (i = 0; i < n_arg; i++)
             if (cfg_log_type(c, file, line, arg[i])) return -1;
@@ -1650,7 +1700,7 @@ cfg_finish(struct cfg *c)
                     l->port);
             return -1;
         }
-        if (!l->proxy && (l->n_trusted || l->line_timeout)) {
+        if (!l->proxy && (l->n_trusted || l->line_timeout || l->line_local)) {
             cfg_err(c, l->file, l->line,
                     "listener %u: proxy_protocol options without "
                     "enable_proxy_protocol",
@@ -1676,10 +1726,14 @@ cfg_load(struct cfg *c, const struct cfg_src *src)
             return -1;
     if (c->n_lsn == 0) { /* Mosquitto's local-only mode */
         cfg_listener(c, "(default)", 0, "1883", "127.0.0.1");
-        if (c->allow_anonymous < 0) c->allow_anonymous = 1;
+        if (c->auth.allow_anonymous < 0) c->auth.allow_anonymous = 1;
+        c->lsn[0].auth.allow_anonymous = c->auth.allow_anonymous;
     }
-    if (!src->path && c->allow_anonymous < 0) c->allow_anonymous = 1;
-    if (c->allow_anonymous < 0) c->allow_anonymous = 0;
+    if (!src->path && c->auth.allow_anonymous < 0) c->auth.allow_anonymous = 1;
+    if (c->auth.allow_anonymous < 0) c->auth.allow_anonymous = 0;
+    for (i = 0; i < (int)c->n_lsn; i++)
+        if (c->lsn[i].auth.allow_anonymous < 0)
+            c->lsn[i].auth.allow_anonymous = 0; /* Mosquitto 2 */
     if (src->verbose) c->log_type = LOG_T_ALL;
     return cfg_finish(c);
 }
@@ -1693,7 +1747,7 @@ cfg_restart_only(const char *name)
         "max_topic_nodes",  "message_store_bytes",
         "max_queued_total", "max_packet_size",
         "memory_limit",     "user",
-        "pid_file",
+        "pid_file",         "per_listener_settings",
     };
     size_t i;
 
@@ -3402,7 +3456,649 @@ ret_set(uint32_t m, const uint8_t *t, size_t n)
     if (m == NIL) node_prune(nd);
 }
 
-/* ==== [9] Sessions, queues, routing ==== */
+/* ==== [9] Auth and ACL ==== */
+/* Mosquitto's password and ACL files: pure line parsers (mqx_pw_line,
+ * mqx_acl_line), the loaded databases (malloc'd at start-up and at SIGHUP
+ * only: the named exception of config reload), and rule evaluation. A
+ * client's auth domain is its listener's with per_listener_settings, else
+ * the global one. Hashing is in [11]. */
+
+static const char b64_chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static int
+b64_val(char c)
+{
+    const char *p = c ? strchr(b64_chars, c) : NULL;
+
+    return p ? (int)(p - b64_chars) : -1;
+}
+
+/* Standard base64 with padding; returns the decoded length, or (size_t)-1
+ * when the text is not base64 or does not fit in cap. */
+size_t
+mqx_b64_decode(const char *s, size_t n, uint8_t *out, size_t cap)
+{
+    size_t i, o = 0;
+    uint32_t acc = 0;
+    int bits = 0, pad = 0;
+
+    if (n % 4) return (size_t)-1;
+    for (i = 0; i < n; i++) {
+        int v;
+        if (s[i] == '=') {
+            if (i + 2 < n || (i + 1 < n && s[i + 1] != '=')) return (size_t)-1;
+            pad++;
+            continue;
+        }
+        if (pad) return (size_t)-1;
+        v = b64_val(s[i]);
+        if (v < 0) return (size_t)-1;
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (o >= cap) return (size_t)-1;
+            out[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    return o;
+}
+
+/* Returns the text length (NUL-terminated), or 0 when cap is short. */
+size_t
+mqx_b64_encode(const uint8_t *p, size_t n, char *out, size_t cap)
+{
+    size_t i, o = 0;
+
+    if ((n + 2) / 3 * 4 + 1 > cap) return 0;
+    for (i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        if (i + 1 < n) v |= (uint32_t)p[i + 1] << 8;
+        if (i + 2 < n) v |= p[i + 2];
+        out[o++] = b64_chars[v >> 18 & 63];
+        out[o++] = b64_chars[v >> 12 & 63];
+        out[o++] = i + 1 < n ? b64_chars[v >> 6 & 63] : '=';
+        out[o++] = i + 2 < n ? b64_chars[v & 63] : '=';
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* Splits "a$b$c" style fields: the next field of s[*i..n) up to `sep`. */
+static struct mqx_str
+auth_field(const char *s, size_t n, size_t *i, char sep)
+{
+    struct mqx_str f;
+    size_t j = *i;
+
+    while (j < n && s[j] != sep)
+        j++;
+    f.p = (const uint8_t *)s + *i;
+    f.len = (uint32_t)(j - *i);
+    *i = j < n ? j + 1 : j;
+    return f;
+}
+
+/* A password file line (no newline). MQX_MORE: blank or comment, skip. */
+enum mqx_rc
+mqx_pw_line(const char *s, size_t n, struct mqx_pwline *out)
+{
+    size_t i = 0;
+    struct mqx_str kind, a, b, c;
+    char num[16];
+
+    memset(out, 0, sizeof *out);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+        n--;
+    if (n == 0 || s[0] == '#') return MQX_MORE;
+    out->user = auth_field(s, n, &i, ':');
+    out->err = "expected user:hash";
+    if (i >= n || out->user.len == 0 || s[i - 1] != ':') return MQX_BAD;
+    if (!mqx_utf8_valid(out->user.p, out->user.len)) {
+        out->err = "user name is not valid UTF-8";
+        return MQX_BAD;
+    }
+    if (s[i] != '$') {
+        out->err = "password is not hashed (hash the file with "
+                   "mqttpx passwd -U)";
+        return MQX_BAD;
+    }
+    i++;
+    kind = auth_field(s, n, &i, '$');
+    if (str_eq(kind, "argon2id") || str_eq(kind, "argon2i")) {
+        out->err = "argon2 hashes cannot be verified by mbedTLS; regenerate "
+                   "the password with mosquitto_passwd -H sha512-pbkdf2 (or "
+                   "mqttpx passwd)";
+        return MQX_BAD;
+    }
+    a = auth_field(s, n, &i, '$');
+    b = auth_field(s, n, &i, '$');
+    if (str_eq(kind, "6")) {
+        out->kind = 6;
+        c = b;
+        b = a;
+        if (i < n) return MQX_BAD;
+    } else if (str_eq(kind, "7")) {
+        char *end;
+        unsigned long it;
+        out->kind = 7;
+        c = auth_field(s, n, &i, '$');
+        if (i < n || a.len == 0 || a.len >= sizeof num) return MQX_BAD;
+        memcpy(num, a.p, a.len);
+        num[a.len] = '\0';
+        errno = 0;
+        it = strtoul(num, &end, 10);
+        if (errno || *end || it == 0 || it > 100000000) {
+            out->err = "bad iteration count";
+            return MQX_BAD;
+        }
+        out->iter = (uint32_t)it;
+    } else {
+        out->err = "unknown hash type (mqttpx knows $6$ and $7$)";
+        return MQX_BAD;
+    }
+    {
+        size_t sl = mqx_b64_decode((const char *)b.p, b.len, out->salt,
+                                   sizeof out->salt),
+               hl = mqx_b64_decode((const char *)c.p, c.len, out->hash,
+                                   sizeof out->hash);
+        if (sl == (size_t)-1 || sl == 0 || hl != 64) {
+            out->err = "bad salt or hash";
+            return MQX_BAD;
+        }
+        out->salt_len = (uint8_t)sl;
+    }
+    out->err = NULL;
+    return MQX_DONE;
+}
+
+/* An ACL file line: "user NAME", "topic [read|write|readwrite|deny] T",
+ * "pattern [read|write|readwrite|deny] T". MQX_MORE: blank or comment. */
+enum mqx_rc
+mqx_acl_line(const char *s, size_t n, struct mqx_aclline *out)
+{
+    size_t i = 0, k;
+    static const struct {
+        const char *w;
+        uint8_t a;
+    } acc[] = {{"read", MQX_ACL_READ},
+               {"write", MQX_ACL_WRITE},
+               {"readwrite", MQX_ACL_READ | MQX_ACL_WRITE},
+               {"deny", MQX_ACL_DENY}};
+
+    memset(out, 0, sizeof *out);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+        n--;
+    while (i < n && (s[i] == ' ' || s[i] == '\t'))
+        i++;
+    if (i == n || s[i] == '#') return MQX_MORE;
+    out->err = "expected user, topic or pattern";
+    if (n - i > 5 && memcmp(s + i, "user", 4) == 0 && s[i + 4] == ' ')
+        out->kind = 1, i += 5;
+    else if (n - i > 6 && memcmp(s + i, "topic", 5) == 0 && s[i + 5] == ' ')
+        out->kind = 2, i += 6;
+    else if (n - i > 8 && memcmp(s + i, "pattern", 7) == 0 && s[i + 7] == ' ')
+        out->kind = 3, i += 8;
+    else
+        return MQX_BAD;
+    while (i < n && s[i] == ' ')
+        i++;
+    if (out->kind != 1) {
+        out->access = MQX_ACL_READ | MQX_ACL_WRITE; /* Mosquitto's default */
+        for (k = 0; k < sizeof acc / sizeof acc[0]; k++) {
+            size_t wl = strlen(acc[k].w);
+            if (n - i > wl && memcmp(s + i, acc[k].w, wl) == 0 &&
+                s[i + wl] == ' ') {
+                out->access = acc[k].a;
+                i += wl;
+                while (i < n && s[i] == ' ')
+                    i++;
+                break;
+            }
+        }
+    }
+    out->arg.p = (const uint8_t *)s + i;
+    out->arg.len = (uint32_t)(n - i);
+    if (out->arg.len == 0) {
+        out->err = "missing argument";
+        return MQX_BAD;
+    }
+    if (!mqx_utf8_valid(out->arg.p, out->arg.len)) {
+        out->err = "not valid UTF-8";
+        return MQX_BAD;
+    }
+    if (out->kind != 1 && !mqx_filter_valid(out->arg.p, out->arg.len)) {
+        out->err = "not a valid topic filter";
+        return MQX_BAD;
+    }
+    out->err = NULL;
+    return MQX_DONE;
+}
+
+/* A pattern with %c and %u replaced. -1 when it does not apply: no user
+ * name for %u, a value with '+', '#' or '/' (it would widen the rule), or
+ * no room. */
+int
+mqx_acl_subst(const uint8_t *pat, size_t n, struct mqx_str user,
+              struct mqx_str id, uint8_t *out, size_t cap, size_t *len)
+{
+    size_t i, o = 0, k;
+
+    for (i = 0; i < n; i++) {
+        const struct mqx_str *v = NULL;
+        if (pat[i] == '%' && i + 1 < n && pat[i + 1] == 'c') v = &id;
+        if (pat[i] == '%' && i + 1 < n && pat[i + 1] == 'u') v = &user;
+        if (!v) {
+            if (o >= cap) return -1;
+            out[o++] = pat[i];
+            continue;
+        }
+        if (v->p == NULL || v->len == 0 || cap - o < v->len) return -1;
+        for (k = 0; k < v->len; k++)
+            if (v->p[k] == '+' || v->p[k] == '#' || v->p[k] == '/') return -1;
+        memcpy(out + o, v->p, v->len);
+        o += v->len;
+        i++;
+    }
+    *len = o;
+    return 0;
+}
+
+/* --- the loaded files --- */
+
+struct pwent {
+    const uint8_t *user; /* into pwdb.text */
+    uint16_t user_len;
+    uint8_t kind, salt_len;
+    uint32_t iter;
+    uint8_t salt[48];
+    uint8_t hash[64];
+};
+
+struct pwdb {
+    struct pwent *e;
+    uint32_t n;
+    char *text;
+};
+
+struct aclrule {
+    const uint8_t *topic; /* into acldb.text */
+    uint16_t len;
+    uint8_t access, pattern;
+};
+
+struct acluser {
+    const uint8_t *name;
+    uint16_t len;
+    uint32_t first, n; /* its rules */
+};
+
+struct acldb {
+    struct aclrule *rules; /* anonymous, then users', then patterns */
+    uint32_t n_anon, pat_first, n_pat;
+    struct acluser *users;
+    uint32_t n_users;
+    char *text;
+};
+
+/* The auth state of one domain: what its files said when last loaded. */
+struct authdb {
+    int has_pw, has_acl;
+    struct pwdb pw;
+    struct acldb acl;
+};
+
+static struct authdb auth_dbs[MQX_MAX_LISTENERS + 1]; /* 0: global */
+
+static const struct authcfg *
+auth_cfg(uint8_t lsn)
+{
+    return g.cfg.per_listener_settings ? &g.cfg.lsn[lsn].auth : &g.cfg.auth;
+}
+
+static struct authdb *
+auth_db(uint8_t lsn)
+{
+    return &auth_dbs[g.cfg.per_listener_settings ? 1 + lsn : 0];
+}
+
+/* Reads a whole file into a malloc'd NUL-terminated buffer. */
+static char *
+auth_read(const char *path, char *err, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    char *t = NULL;
+    long n;
+
+    if (!f) {
+        snprintf(err, cap, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
+        fseek(f, 0, SEEK_SET) == 0 && (t = malloc((size_t)n + 1)) != NULL &&
+        fread(t, 1, (size_t)n, f) == (size_t)n) {
+        t[n] = '\0';
+    } else {
+        free(t);
+        t = NULL;
+        snprintf(err, cap, "%s: cannot read", path);
+    }
+    fclose(f);
+    return t;
+}
+
+/* Calls fn for each line of text; stops at the first error (-1). */
+static int
+auth_lines(char *text, int (*fn)(void *, const char *, size_t, int), void *arg)
+{
+    char *s = text;
+    int line = 0;
+
+    while (*s) {
+        char *nl = strchr(s, '\n');
+        size_t n = nl ? (size_t)(nl - s) : strlen(s);
+        if (fn(arg, s, n, ++line)) return -1;
+        if (!nl) break;
+        s = nl + 1;
+    }
+    return 0;
+}
+
+struct pw_load {
+    struct pwdb *db;
+    const char *path;
+    char *err;
+    size_t cap;
+};
+
+static int
+pw_load_line(void *arg, const char *s, size_t n, int line)
+{
+    struct pw_load *ld = arg;
+    struct mqx_pwline pl;
+    enum mqx_rc rc = mqx_pw_line(s, n, &pl);
+    struct pwent *e;
+
+    if (rc == MQX_MORE) return 0;
+    if (rc != MQX_DONE) {
+        snprintf(ld->err, ld->cap, "%s:%d: %s", ld->path, line, pl.err);
+        return -1;
+    }
+    if (ld->db->e) {
+        e = &ld->db->e[ld->db->n];
+        e->user = pl.user.p;
+        e->user_len = (uint16_t)pl.user.len;
+        e->kind = pl.kind;
+        e->iter = pl.iter;
+        e->salt_len = pl.salt_len;
+        memcpy(e->salt, pl.salt, sizeof e->salt);
+        memcpy(e->hash, pl.hash, sizeof e->hash);
+    }
+    ld->db->n++;
+    return 0;
+}
+
+static void
+pw_free(struct pwdb *db)
+{
+    free(db->e);
+    free(db->text);
+    memset(db, 0, sizeof *db);
+}
+
+/* Loads a password file: 0, or -1 with err (and db untouched). */
+static int
+pw_load(struct pwdb *db, const char *path, char *err, size_t cap)
+{
+    struct pwdb n = {NULL, 0, NULL};
+    struct pw_load ld = {&n, path, err, cap};
+
+    n.text = auth_read(path, err, cap);
+    if (!n.text) return -1;
+    if (auth_lines(n.text, pw_load_line, &ld)) { /* count */
+        free(n.text);
+        return -1;
+    }
+    n.e = calloc(n.n ? n.n : 1, sizeof *n.e);
+    if (!n.e) {
+        free(n.text);
+        snprintf(err, cap, "%s: out of memory", path);
+        return -1;
+    }
+    n.n = 0;
+    auth_lines(n.text, pw_load_line, &ld); /* fill */
+    pw_free(db);
+    *db = n;
+    return 0;
+}
+
+struct acl_load {
+    struct acldb *db;
+    const char *path;
+    char *err;
+    size_t cap;
+    uint32_t n_topic, n_pat, n_users; /* counts, then fill positions */
+    int fill;
+};
+
+static int
+acl_load_line(void *arg, const char *s, size_t n, int line)
+{
+    struct acl_load *ld = arg;
+    struct acldb *db = ld->db;
+    struct mqx_aclline al;
+    enum mqx_rc rc = mqx_acl_line(s, n, &al);
+
+    if (rc == MQX_MORE) return 0;
+    if (rc != MQX_DONE) {
+        snprintf(ld->err, ld->cap, "%s:%d: %s", ld->path, line, al.err);
+        return -1;
+    }
+    if (al.arg.len > 65535) {
+        snprintf(ld->err, ld->cap, "%s:%d: too long", ld->path, line);
+        return -1;
+    }
+    if (!ld->fill) {
+        if (al.kind == 1) ld->n_users++;
+        if (al.kind == 2) ld->n_topic++;
+        if (al.kind == 3) ld->n_pat++;
+        return 0;
+    }
+    if (al.kind == 1) {
+        struct acluser *u = &db->users[db->n_users++];
+        u->name = al.arg.p;
+        u->len = (uint16_t)al.arg.len;
+        u->first = ld->n_topic;
+        u->n = 0;
+        return 0;
+    }
+    {
+        struct aclrule *r = al.kind == 3
+                                ? &db->rules[db->pat_first + db->n_pat++]
+                                : &db->rules[ld->n_topic++];
+        r->topic = al.arg.p;
+        r->len = (uint16_t)al.arg.len;
+        r->access = al.access;
+        r->pattern = al.kind == 3;
+        if (al.kind == 2) {
+            if (db->n_users)
+                db->users[db->n_users - 1].n++;
+            else
+                db->n_anon++;
+        }
+    }
+    return 0;
+}
+
+static void
+acl_free(struct acldb *db)
+{
+    free(db->rules);
+    free(db->users);
+    free(db->text);
+    memset(db, 0, sizeof *db);
+}
+
+/* Loads an ACL file: 0, or -1 with err (and db untouched). */
+static int
+acl_load(struct acldb *db, const char *path, char *err, size_t cap)
+{
+    struct acldb n;
+    struct acl_load ld;
+
+    memset(&n, 0, sizeof n);
+    memset(&ld, 0, sizeof ld);
+    ld.db = &n;
+    ld.path = path;
+    ld.err = err;
+    ld.cap = cap;
+    n.text = auth_read(path, err, cap);
+    if (!n.text) return -1;
+    if (auth_lines(n.text, acl_load_line, &ld)) {
+        free(n.text);
+        return -1;
+    }
+    n.rules = calloc(ld.n_topic + ld.n_pat + 1, sizeof *n.rules);
+    n.users = calloc(ld.n_users + 1, sizeof *n.users);
+    if (!n.rules || !n.users) {
+        acl_free(&n);
+        snprintf(err, cap, "%s: out of memory", path);
+        return -1;
+    }
+    n.pat_first = ld.n_topic;
+    ld.fill = 1;
+    ld.n_topic = 0;
+    auth_lines(n.text, acl_load_line, &ld);
+    acl_free(db);
+    *db = n;
+    return 0;
+}
+
+/* Loads the files of one domain; a failure keeps what was loaded before
+ * and returns -1 with err. */
+static int
+auth_load(struct authdb *db, const struct authcfg *ac, char *err, size_t cap)
+{
+    struct pwdb pw = {NULL, 0, NULL};
+    struct acldb acl;
+
+    memset(&acl, 0, sizeof acl);
+    if (ac->password_file[0] && pw_load(&pw, ac->password_file, err, cap))
+        return -1;
+    if (ac->acl_file[0] && acl_load(&acl, ac->acl_file, err, cap)) {
+        pw_free(&pw);
+        return -1;
+    }
+    pw_free(&db->pw);
+    acl_free(&db->acl);
+    db->pw = pw;
+    db->acl = acl;
+    db->has_pw = ac->password_file[0] != '\0';
+    db->has_acl = ac->acl_file[0] != '\0';
+    return 0;
+}
+
+static const struct pwent *
+pw_find(const struct pwdb *db, struct mqx_str user)
+{
+    uint32_t i;
+
+    for (i = 0; i < db->n; i++)
+        if (db->e[i].user_len == user.len &&
+            memcmp(db->e[i].user, user.p, user.len) == 0)
+            return &db->e[i];
+    return NULL;
+}
+
+static const struct acluser *
+acl_user(const struct acldb *db, struct mqx_str user)
+{
+    uint32_t i;
+
+    for (i = 0; i < db->n_users; i++)
+        if (db->users[i].len == user.len &&
+            memcmp(db->users[i].name, user.p, user.len) == 0)
+            return &db->users[i];
+    return NULL;
+}
+
+static int
+acl_rule_match(const struct aclrule *r, struct mqx_str user, struct mqx_str id,
+               const uint8_t *t, size_t tn)
+{
+    uint8_t buf[1024];
+    size_t n;
+
+    if (!r->pattern) return mqx_topic_match(r->topic, r->len, t, tn);
+    if (mqx_acl_subst(r->topic, r->len, user, id, buf, sizeof buf, &n))
+        return 0;
+    return mqx_topic_match(buf, n, t, tn);
+}
+
+/* Is `access` (MQX_ACL_READ or _WRITE) to topic t allowed? A user's own
+ * rules (or, without a user name, the rules before the first user line)
+ * and the patterns apply; a deny rule wins; otherwise some rule must grant
+ * the access. For a SUBSCRIBE, t is the filter, its wildcards taken as
+ * plain characters (Mosquitto's check). */
+static int
+acl_check(const struct acldb *db, struct mqx_str user, struct mqx_str id,
+          const uint8_t *t, size_t tn, unsigned access)
+{
+    const struct acluser *u = user.p ? acl_user(db, user) : NULL;
+    uint32_t first = u ? u->first : 0, n = u ? u->n : user.p ? 0 : db->n_anon;
+    uint32_t i;
+    int pass;
+
+    for (pass = 0; pass < 2; pass++) {
+        unsigned want = pass == 0 ? MQX_ACL_DENY : access;
+        for (i = first; i < first + n; i++)
+            if ((db->rules[i].access & want) &&
+                acl_rule_match(&db->rules[i], user, id, t, tn))
+                return pass;
+        for (i = db->pat_first; i < db->pat_first + db->n_pat; i++)
+            if ((db->rules[i].access & want) &&
+                acl_rule_match(&db->rules[i], user, id, t, tn))
+                return pass;
+    }
+    return 0;
+}
+
+/* The ACL decision for a session (allowed when its domain has no
+ * acl_file). */
+static int
+acl_allows(uint32_t si, const uint8_t *t, size_t tn, unsigned access)
+{
+    const struct sess *s = &g.sess[si];
+    const struct authdb *db = auth_db(s->lsn);
+    struct mqx_str user = {NULL, 0}, id;
+
+    if (!db->has_acl) return 1;
+    if (s->user != NIL) {
+        user.p = st_ptr(s->user);
+        user.len = s->user_len;
+    }
+    id.p = st_ptr(s->id);
+    id.len = s->id_len;
+    return acl_check(&db->acl, user, id, t, tn, access);
+}
+
+/* Loads the files of every domain the config names (start-up, SIGHUP).
+ * A domain whose file fails keeps its previous rules; -1 with err then. */
+static int
+auth_load_all(char *err, size_t cap)
+{
+    uint32_t i;
+    int rc = 0;
+
+    if (!g.cfg.per_listener_settings)
+        return auth_load(&auth_dbs[0], &g.cfg.auth, err, cap);
+    for (i = 0; i < g.cfg.n_lsn; i++)
+        if (auth_load(&auth_dbs[1 + i], &g.cfg.lsn[i].auth, err, cap)) rc = -1;
+    return rc;
+}
+
+/* ==== [10] Sessions, queues, routing ==== */
 /* Owns g.sess, g.subs and g.qents. A session outlives its connection when
  * clean session is 0. Each session has a queue (not yet sent), an inflight
  * list (sent, waiting for an ack, in send order) and the QoS 2 ids it
@@ -3465,6 +4161,7 @@ sess_new(const uint8_t *id, size_t n)
     x->subs = NIL;
     x->q_head = x->q_tail = x->f_head = x->f_tail = x->r_head = NIL;
     x->next_pid = 1;
+    x->user = NIL;
     h = sess_hash(id, n);
     x->hash_next = g.sess_ht[h];
     g.sess_ht[h] = s;
@@ -3628,6 +4325,7 @@ sess_free(uint32_t s)
         pp = &g.sess[*pp].hash_next;
     *pp = x->hash_next;
     st_free(st_ptr(x->id));
+    if (x->user != NIL) st_free(st_ptr(x->user));
     pool_give(&g.p_sess, s);
 }
 
@@ -3699,6 +4397,8 @@ route(uint32_t m)
         uint32_t s = g.match[i];
         uint8_t qos =
             g.sess[s].match_qos < x->qos ? g.sess[s].match_qos : x->qos;
+        if (!acl_allows(s, msg_topic(x), x->topic_len, MQX_ACL_READ))
+            continue; /* a wide subscription delivers only what it may read */
         sess_enqueue(s, m, qos, 0); /* [MQTT-3.3.1-9] retain flag 0 */
     }
     msg_unref(m);
@@ -3744,6 +4444,9 @@ ret_deliver(uint32_t s, uint32_t nd, uint8_t qos)
     uint32_t m = g.nodes[nd].retained;
 
     if (m == NIL) return;
+    if (!acl_allows(s, msg_topic(&g.msgs[m]), g.msgs[m].topic_len,
+                    MQX_ACL_READ))
+        return;
     sess_enqueue(s, m, g.msgs[m].qos < qos ? g.msgs[m].qos : qos, 1);
 }
 
@@ -3781,15 +4484,109 @@ ret_match(uint32_t s, uint32_t nd, const uint8_t *f, size_t n, size_t pos,
         ret_match(s, c, f, n, e + 1, qos);
 }
 
-/* ==== [10] Auth ==== */
-/* Decides CONNECT admission. Without a password file, usernames are not
- * checked (as Mosquitto); allow_anonymous gates clients without one. */
+/* ==== [11] Crypto glue: the only place mbedtls_* appears ==== */
+/* Password hashing (SHA-512 and PBKDF2-HMAC-SHA512, Mosquitto's $6$ and
+ * $7$) through mbedTLS's crypto library, present in every build (TLS=0
+ * too). Shims cover mbedTLS 2.28 (Debian) and 3.6 (OpenWrt). */
 
-static uint8_t
-auth_connect(const struct mqx_connect *ck)
+#include <mbedtls/md.h>
+#include <mbedtls/pkcs5.h>
+#include <mbedtls/version.h>
+
+#if MBEDTLS_VERSION_NUMBER >= 0x03030000
+/* 3.3+: the md-type API; the context one is deprecated */
+static int
+hash_pbkdf2_sha512(const uint8_t *pw, size_t pl, const uint8_t *salt, size_t sl,
+                   uint32_t iter, uint8_t out[64])
 {
-    if (!ck->has_user && !g.cfg.allow_anonymous) return MQX_CONNACK_NOT_AUTH;
-    return MQX_CONNACK_OK;
+    return mbedtls_pkcs5_pbkdf2_hmac_ext(MBEDTLS_MD_SHA512, pw, pl, salt, sl,
+                                         iter, 64, out);
+}
+#else
+static int
+hash_pbkdf2_sha512(const uint8_t *pw, size_t pl, const uint8_t *salt, size_t sl,
+                   uint32_t iter, uint8_t out[64])
+{
+    mbedtls_md_context_t ctx;
+    int rc;
+
+    mbedtls_md_init(&ctx);
+    rc =
+        mbedtls_md_setup(&ctx, mbedtls_md_info_from_type(MBEDTLS_MD_SHA512), 1);
+    if (rc == 0)
+        rc = mbedtls_pkcs5_pbkdf2_hmac(&ctx, pw, pl, salt, sl, iter, 64, out);
+    mbedtls_md_free(&ctx);
+    return rc;
+}
+#endif
+
+/* SHA-512 of the password, then the salt: Mosquitto's $6$. */
+static int
+hash_sha512_salted(const uint8_t *pw, size_t pl, const uint8_t *salt, size_t sl,
+                   uint8_t out[64])
+{
+    mbedtls_md_context_t ctx;
+    int rc;
+
+    mbedtls_md_init(&ctx);
+    rc =
+        mbedtls_md_setup(&ctx, mbedtls_md_info_from_type(MBEDTLS_MD_SHA512), 0);
+    if (rc == 0) rc = mbedtls_md_starts(&ctx);
+    if (rc == 0) rc = mbedtls_md_update(&ctx, pw, pl);
+    if (rc == 0) rc = mbedtls_md_update(&ctx, salt, sl);
+    if (rc == 0) rc = mbedtls_md_finish(&ctx, out);
+    mbedtls_md_free(&ctx);
+    return rc;
+}
+
+/* The hash of a password as a password file line of `kind` stores it. */
+static int
+hash_password(uint8_t kind, const uint8_t *pw, size_t pl, const uint8_t *salt,
+              size_t sl, uint32_t iter, uint8_t out[64])
+{
+    return kind == 7 ? hash_pbkdf2_sha512(pw, pl, salt, sl, iter, out)
+                     : hash_sha512_salted(pw, pl, salt, sl, out);
+}
+
+/* Random bytes from the kernel (salts). */
+static int
+hash_random(uint8_t *p, size_t n)
+{
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    size_t got = 0;
+
+    if (fd < 0) return -1;
+    while (got < n) {
+        ssize_t k = read(fd, p + got, n - got);
+        if (k <= 0) break;
+        got += (size_t)k;
+    }
+    close(fd);
+    return got == n ? 0 : -1;
+}
+
+/* Constant-time comparison of two 64-byte hashes. */
+static int
+hash_equal(const uint8_t *a, const uint8_t *b)
+{
+    unsigned d = 0;
+    int i;
+
+    for (i = 0; i < 64; i++)
+        d |= (unsigned)(a[i] ^ b[i]);
+    return d == 0;
+}
+
+/* Does the password match the user's line of the password file? */
+static int
+auth_password_ok(const struct pwent *e, struct mqx_str pass)
+{
+    uint8_t h[64];
+
+    if (hash_password(e->kind, pass.p ? pass.p : (const uint8_t *)"", pass.len,
+                      e->salt, e->salt_len, e->iter, h))
+        return 0;
+    return hash_equal(h, e->hash);
 }
 
 /* ==== [13] Connections: output, fill, close, reap, deadlines ==== */
@@ -4264,6 +5061,80 @@ handle_assign_id(char *buf, size_t cap)
     return k > 0 ? (size_t)k : 0;
 }
 
+/* Admission [9]: user name and password against the password file, or
+ * the certificate CN (R44: no password then); allow_anonymous for clients
+ * without a name; the will topic against the ACL. A refusal is logged
+ * with the client's real address (after PROXY), rate-limited per source,
+ * for fail2ban-style tools; the CONNACK code is returned. */
+static uint8_t
+handle_auth(struct conn *c, const struct mqx_connect *ck, const uint8_t *id,
+            size_t id_len)
+{
+    const struct authcfg *ac = auth_cfg(c->lsn);
+    const struct authdb *db = auth_db(c->lsn);
+    int by_cert = g.cfg.lsn[c->lsn].use_identity;
+    const char *why = NULL;
+    uint8_t rc = MQX_CONNACK_OK;
+    int64_t k;
+
+    if (!ck->has_user) {
+        if (!ac->allow_anonymous) {
+            rc = MQX_CONNACK_NOT_AUTH;
+            why = "not authorised";
+        }
+    } else if (db->has_pw && !by_cert) {
+        const struct pwent *e = pw_find(&db->pw, ck->username);
+        if (!e || !ck->has_pass || !auth_password_ok(e, ck->password)) {
+            rc = MQX_CONNACK_BAD_AUTH;
+            why = "bad user name or password";
+        }
+    }
+    if (rc == MQX_CONNACK_OK && ck->will && db->has_acl) {
+        struct mqx_str user = {NULL, 0}, cid;
+        cid.p = id;
+        cid.len = (uint32_t)id_len;
+        if (ck->has_user) user = ck->username;
+        if (!acl_check(&db->acl, user, cid, ck->will_topic.p,
+                       ck->will_topic.len, MQX_ACL_WRITE)) {
+            rc = MQX_CONNACK_NOT_AUTH;
+            why = "not authorised to publish its will";
+        }
+    }
+    if (rc == MQX_CONNACK_OK) return rc;
+    k = log_limit_src(c->addr);
+    if (k >= 0 && g.cfg.connection_messages) {
+        if (ck->has_user)
+            log_at(LOG_T_NOTICE,
+                   "Client %.*s disconnected, %s. (from %s, u'%.*s')%s",
+                   (int)id_len, (const char *)id, why, c->addr,
+                   (int)ck->username.len, (const char *)ck->username.p,
+                   log_suppressed(k));
+        else
+            log_at(LOG_T_NOTICE, "Client %.*s disconnected, %s. (from %s)%s",
+                   (int)id_len, (const char *)id, why, c->addr,
+                   log_suppressed(k));
+    }
+    return rc;
+}
+
+/* Keeps the user name of a session (ACL %u, delivery checks). */
+static int
+handle_set_user(uint32_t s, const struct mqx_connect *ck, uint8_t lsn)
+{
+    struct sess *x = &g.sess[s];
+    uint8_t *b = NULL;
+
+    if (ck->has_user) {
+        b = st_dup(ck->username.p, ck->username.len ? ck->username.len : 1);
+        if (!b) return -1;
+    }
+    if (x->user != NIL) st_free(st_ptr(x->user));
+    x->user = b ? ST_UNIT(b) : NIL;
+    x->user_len = (uint16_t)ck->username.len;
+    x->lsn = lsn;
+    return 0;
+}
+
 static void
 handle_connect(struct conn *c, const struct mqx_packet *pk)
 {
@@ -4331,11 +5202,8 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
         ck.username.p = conn_pp_cn(c);
         ck.username.len = c->pp_cn_len;
     }
-    rc = auth_connect(&ck);
+    rc = handle_auth(c, &ck, id, id_len);
     if (rc != MQX_CONNACK_OK) {
-        if (g.cfg.connection_messages)
-            log_at(LOG_T_NOTICE, "Client %.*s disconnected, not authorised.",
-                   (int)id_len, (const char *)id);
         handle_refuse(c, rc);
         return;
     }
@@ -4384,7 +5252,7 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
     } else {
         present = 1; /* [MQTT-3.2.2-2] */
     }
-    p = conn_out(c, 4);
+    p = handle_set_user(s, &ck, c->lsn) ? NULL : conn_out(c, 4);
     if (!p) {
         msg_unref(will);
         if (!present) sess_free(s);
@@ -4461,6 +5329,17 @@ handle_publish(struct conn *c, const struct mqx_packet *pk)
         if (pb.qos == 2) conn_ack(c, MQX_PUBREC, pb.pid);
         return 0;
     }
+    if (!acl_allows(c->sess, pb.topic.p, pb.topic.len, MQX_ACL_WRITE)) {
+        int n;
+        const char *id = conn_id(c, &n);
+        log_at(LOG_T_DEBUG, "Denied PUBLISH from " ID_FMT " (q%d, r%d, '%.*s')",
+               n, id, pb.qos, pb.retain, (int)pb.topic.len,
+               (const char *)pb.topic.p);
+        /* 3.1.1 has no refusal: acknowledged and dropped, as Mosquitto */
+        if (pb.qos == 1) conn_ack(c, MQX_PUBACK, pb.pid);
+        if (pb.qos == 2) conn_ack(c, MQX_PUBREC, pb.pid);
+        return 0;
+    }
     m = msg_new(pb.topic.p, pb.topic.len, pb.payload.p, pb.payload.len, pb.qos,
                 pb.retain);
     if (m == NIL) {
@@ -4517,7 +5396,9 @@ handle_subscribe(struct conn *c, const struct mqx_packet *pk)
     p += 2;
     while (mqx_mqtt_sub_next(&sb, &off, &f, &opts)) {
         uint32_t nd = NIL;
-        uint8_t granted = sub_add(s, f.p, f.len, opts & 3, &nd);
+        uint8_t granted = acl_allows(s, f.p, f.len, MQX_ACL_READ)
+                              ? sub_add(s, f.p, f.len, opts & 3, &nd)
+                              : 0x80; /* not authorised */
         int n;
         const char *id = conn_id(c, &n);
         p[i++] = granted;
@@ -4683,8 +5564,7 @@ loop_proxy(struct conn *c, const uint8_t *buf, size_t len)
         k = log_limit_src(c->addr);
         if (k >= 0)
             log_at(LOG_T_NOTICE,
-                   "PROXY: connection from %s on port %u rejected: %s%s%s "
-                   "%s",
+                   "PROXY: connection from %s on port %u rejected: %s%s%s%s",
                    c->addr, l->port, pp.reason, mqx_proxy_hint_str(pp.hint),
                    conn_pp_advice(pp.hint), log_suppressed(k));
         conn_close(c, CF_QUIET);
@@ -4903,8 +5783,8 @@ loop_read(struct conn *c)
     }
 }
 
-/* Formats a socket address as logs show it: "a.b.c.d:port",
- * "[v6]:port" is Mosquitto's form without brackets: "v6:port". */
+/* Formats a socket address as logs show it: "a.b.c.d:port", "v6:port"
+ * (Mosquitto's form, no brackets), "unix:/path" for unix sockets. */
 static void
 loop_addr(const struct sockaddr_storage *sa, char *out, size_t cap,
           const char *unix_path)
@@ -4919,8 +5799,8 @@ loop_addr(const struct sockaddr_storage *sa, char *out, size_t cap,
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
         inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
         snprintf(out, cap, "%s:%u", ip, ntohs(a->sin6_port));
-    } else {
-        snprintf(out, cap, "%s", unix_path);
+    } else { /* R31, R50 */
+        snprintf(out, cap, "unix:%s", unix_path);
     }
 }
 
@@ -5168,7 +6048,7 @@ sys_publish(void)
 /* SIGHUP: reads the configuration again into a temporary (freed after),
  * applies what can change in a running broker, and says in the log what
  * needs a restart. A bad file keeps the running configuration. */
-static void
+static __attribute__((noinline)) void
 loop_reload(void)
 {
     struct cfg *n = malloc(sizeof *n);
@@ -5209,6 +6089,22 @@ loop_reload(void)
             memcpy(&v, now, sizeof v);
             log_at(LOG_T_NOTICE, "Reload: %s %lld", k->name, (long long)v);
         }
+    }
+    if (n->per_listener_settings == g.cfg.per_listener_settings &&
+        n->n_lsn == g.cfg.n_lsn) {
+        char err[512];
+        if (n->auth.allow_anonymous != g.cfg.auth.allow_anonymous)
+            log_at(LOG_T_NOTICE, "Reload: allow_anonymous %lld",
+                   (long long)n->auth.allow_anonymous);
+        g.cfg.auth = n->auth;
+        for (li = 0; li < n->n_lsn; li++)
+            g.cfg.lsn[li].auth = n->lsn[li].auth;
+        if (auth_load_all(err, sizeof err))
+            log_at(LOG_T_ERR,
+                   "Reload: %s; keeping the previous password and ACL rules.",
+                   err);
+    } else {
+        restart = 1;
     }
     if (n->max_connections != g.cfg.max_connections) {
         log_at(LOG_T_WARN, "Reload: max_connections (the connection pool) "
@@ -5265,7 +6161,7 @@ loop_timeout(void)
 }
 
 /* The wake pipe sits after the listeners: pfd[n_ls - 1] is the pipe. */
-static void
+static __attribute__((noinline)) void
 loop_run(void)
 {
     while (!g.sig_quit) {
@@ -5550,6 +6446,202 @@ drop_privileges(void)
         die("cannot drop privileges to '%s': %s", g.cfg.user, strerror(errno));
 }
 
+/* `mqttpx passwd`: mosquitto_passwd's flags, to manage a password file on
+ * a router without Mosquitto. A tool mode: it allocates freely. */
+
+static void
+passwd_usage(void)
+{
+    fprintf(stderr,
+            "Usage: mqttpx passwd [-H sha512 | -H sha512-pbkdf2] [-c | -D] "
+            "passwordfile username\n"
+            "       mqttpx passwd [-H sha512 | -H sha512-pbkdf2] [-c] -b "
+            "passwordfile username password\n"
+            "       mqttpx passwd -U passwordfile\n"
+            " -b : batch mode: the password on the command line.\n"
+            " -c : create a new password file (overwrites it).\n"
+            " -D : delete the user.\n"
+            " -H : hash: sha512-pbkdf2 (default, $7$, 101 iterations as "
+            "Mosquitto) or sha512 ($6$).\n"
+            " -U : hash the plain user:password lines of a file.\n");
+}
+
+/* "user:$7$101$SALT$HASH" into out; 0 or -1. */
+static int
+passwd_line(char *out, size_t cap, const char *user, size_t ulen,
+            const char *pw, int kind)
+{
+    uint8_t salt[12], h[64];
+    char s64[24], h64[96];
+
+    if (hash_random(salt, sizeof salt) ||
+        hash_password((uint8_t)kind, (const uint8_t *)pw, strlen(pw), salt,
+                      sizeof salt, 101, h))
+        return -1;
+    mqx_b64_encode(salt, sizeof salt, s64, sizeof s64);
+    mqx_b64_encode(h, sizeof h, h64, sizeof h64);
+    if (kind == 7)
+        snprintf(out, cap, "%.*s:$7$101$%s$%s\n", (int)ulen, user, s64, h64);
+    else
+        snprintf(out, cap, "%.*s:$6$%s$%s\n", (int)ulen, user, s64, h64);
+    return 0;
+}
+
+/* Reads a password: from the terminal without echo, twice; else one line
+ * of standard input. */
+static int
+passwd_prompt(char *buf, size_t cap)
+{
+    char again[256];
+    FILE *in = stdin;
+    int tty = isatty(0);
+    size_t n;
+
+    if (tty) fprintf(stderr, "Password: ");
+    if (!fgets(buf, (int)cap, in)) return -1;
+    n = strcspn(buf, "\r\n");
+    buf[n] = '\0';
+    if (!tty) return 0;
+    fprintf(stderr, "\nReenter password: ");
+    if (!fgets(again, sizeof again, in)) return -1;
+    again[strcspn(again, "\r\n")] = '\0';
+    fprintf(stderr, "\n");
+    if (strcmp(buf, again) != 0) {
+        fprintf(stderr, "Error: Passwords do not match.\n");
+        return -1;
+    }
+    return 0;
+}
+
+static __attribute__((noinline)) int
+passwd_main(int argc, char **argv)
+{
+    int i, create = 0, del = 0, batch = 0, update = 0, kind = 7, found = 0;
+    const char *file, *user = NULL, *pw = NULL;
+    char pwbuf[256], line[512], tmp[MQX_PATH_MAX + 8];
+    char *text = NULL, *s;
+    FILE *out;
+
+    for (i = 1; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "-c") == 0)
+            create = 1;
+        else if (strcmp(argv[i], "-D") == 0)
+            del = 1;
+        else if (strcmp(argv[i], "-b") == 0)
+            batch = 1;
+        else if (strcmp(argv[i], "-U") == 0)
+            update = 1;
+        else if (strcmp(argv[i], "-H") == 0 && i + 1 < argc) {
+            i++;
+            if (strcmp(argv[i], "sha512") == 0)
+                kind = 6;
+            else if (strcmp(argv[i], "sha512-pbkdf2") == 0)
+                kind = 7;
+            else {
+                fprintf(stderr, "Error: Unknown hash type '%s'.\n", argv[i]);
+                return 1;
+            }
+        } else {
+            passwd_usage();
+            return 1;
+        }
+    }
+    if (i >= argc || (create && del) || (update && (create || del || batch))) {
+        passwd_usage();
+        return 1;
+    }
+    file = argv[i++];
+    if (!update) {
+        if (i >= argc) {
+            passwd_usage();
+            return 1;
+        }
+        user = argv[i++];
+        if (strchr(user, ':') ||
+            !mqx_utf8_valid((const uint8_t *)user, strlen(user))) {
+            fprintf(stderr, "Error: Invalid username.\n");
+            return 1;
+        }
+        if (batch) {
+            if (i >= argc) {
+                passwd_usage();
+                return 1;
+            }
+            pw = argv[i++];
+        } else if (!del) {
+            if (passwd_prompt(pwbuf, sizeof pwbuf)) return 1;
+            pw = pwbuf;
+        }
+    }
+    if (i != argc || strlen(file) >= MQX_PATH_MAX) {
+        passwd_usage();
+        return 1;
+    }
+    if (!create) {
+        char err[512];
+        text = auth_read(file, err, sizeof err);
+        if (!text) {
+            fprintf(stderr, "Error: %s\n", err);
+            return 1;
+        }
+    }
+    snprintf(tmp, sizeof tmp, "%s.tmp", file);
+    out = fopen(tmp, "w");
+    if (!out) {
+        fprintf(stderr, "Error: %s: %s\n", tmp, strerror(errno));
+        free(text);
+        return 1;
+    }
+    (void)fchmod(fileno(out), 0600);
+    for (s = text; s && *s;) { /* keep, replace, drop or hash each line */
+        char *nl = strchr(s, '\n');
+        size_t n = nl ? (size_t)(nl - s) : strlen(s);
+        char *colon = memchr(s, ':', n);
+        size_t ulen = colon ? (size_t)(colon - s) : n;
+        if (update && colon && colon[1] != '$' && s[0] != '#') {
+            char plain[256];
+            size_t pl = n - ulen - 1;
+            if (pl && s[n - 1] == '\r') pl--;
+            if (pl >= sizeof plain || passwd_line(line, sizeof line, s, ulen,
+                                                  (memcpy(plain, colon + 1, pl),
+                                                   plain[pl] = '\0', plain),
+                                                  kind)) {
+                fprintf(stderr, "Error: cannot hash the password of %.*s.\n",
+                        (int)ulen, s);
+                fclose(out);
+                free(text);
+                return 1;
+            }
+            fputs(line, out);
+        } else if (user && colon && ulen == strlen(user) &&
+                   memcmp(s, user, ulen) == 0) {
+            found = 1;
+            if (!del &&
+                passwd_line(line, sizeof line, user, ulen, pw, kind) == 0)
+                fputs(line, out);
+        } else if (n > 0) {
+            fprintf(out, "%.*s\n", (int)n, s);
+        }
+        s = nl ? nl + 1 : NULL;
+    }
+    if (user && !del && !found) {
+        if (passwd_line(line, sizeof line, user, strlen(user), pw, kind)) {
+            fprintf(stderr, "Error: cannot hash the password.\n");
+            fclose(out);
+            free(text);
+            return 1;
+        }
+        fputs(line, out);
+    }
+    free(text);
+    if (del && !found) fprintf(stderr, "Warning: User %s not found.\n", user);
+    if (fflush(out) || fsync(fileno(out)) || fclose(out) || rename(tmp, file)) {
+        fprintf(stderr, "Error: %s: %s\n", file, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -5558,6 +6650,8 @@ main(int argc, char **argv)
     uint32_t li;
     struct sigaction sa;
 
+    if (argc > 1 && strcmp(argv[1], "passwd") == 0)
+        return passwd_main(argc - 1, argv + 1);
     cfg_defaults(&g.cfg);
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
@@ -5584,6 +6678,10 @@ main(int argc, char **argv)
         }
     }
     if (cfg_load(&g.cfg, &g.src)) die("%s", g.cfg.err);
+    {
+        char err[512];
+        if (auth_load_all(err, sizeof err)) die("%s", err);
+    }
     g.arena_size = arena_plan(0, budget, sizeof budget);
     if (g.cfg.memory_limit && g.arena_size > (uint64_t)g.cfg.memory_limit)
         die("memory budget %zu bytes exceeds memory_limit %lld", g.arena_size,

@@ -277,6 +277,40 @@ size_t mqx_mqtt_enc_publish(uint8_t *p, const uint8_t *topic, size_t topic_len,
                             uint8_t qos, uint8_t retain, uint8_t dup,
                             uint16_t pid);
 
+/* ---- auth [10] ---- */
+/* One line of a mosquitto_passwd file: "user:$6$SALT$HASH" (SHA-512 of
+ * password then salt) or "user:$7$ITER$SALT$HASH" (PBKDF2-HMAC-SHA512). */
+struct mqx_pwline {
+    struct mqx_str user;
+    uint8_t kind; /* 6 or 7 */
+    uint32_t iter;
+    uint8_t salt[48];
+    uint8_t salt_len;
+    uint8_t hash[64];
+    const char *err; /* on MQX_BAD: why */
+};
+
+enum {
+    MQX_ACL_READ = 1,
+    MQX_ACL_WRITE = 2,
+    MQX_ACL_DENY = 4,
+};
+
+/* One line of a Mosquitto ACL file. */
+struct mqx_aclline {
+    uint8_t kind;       /* 0: blank or comment, 1: user, 2: topic, 3: pattern */
+    uint8_t access;     /* MQX_ACL_* */
+    struct mqx_str arg; /* user name, or the topic filter */
+    const char *err;    /* on MQX_BAD: why */
+};
+
+size_t mqx_b64_decode(const char *s, size_t n, uint8_t *out, size_t cap);
+size_t mqx_b64_encode(const uint8_t *p, size_t n, char *out, size_t cap);
+enum mqx_rc mqx_pw_line(const char *s, size_t n, struct mqx_pwline *out);
+enum mqx_rc mqx_acl_line(const char *s, size_t n, struct mqx_aclline *out);
+int mqx_acl_subst(const uint8_t *pat, size_t n, struct mqx_str user,
+                  struct mqx_str id, uint8_t *out, size_t cap, size_t *len);
+
 /* ---- topics [8] ---- */
 int mqx_utf8_valid(const uint8_t *p, size_t n);
 int mqx_topic_valid(const uint8_t *p, size_t n);

@@ -368,7 +368,7 @@ test_config(void)
                   "true\nmax_connections 10\nlistener 1884\n"
                   "max_connections 5\n",
                   &c) == 0);
-    CHECK(c.n_lsn == 2 && c.lsn[0].port == 1883 && c.allow_anonymous == 1);
+    CHECK(c.n_lsn == 2 && c.lsn[0].port == 1883 && c.auth.allow_anonymous == 1);
     CHECK(c.lsn[0].max_connections == 10 && c.lsn[1].max_connections == 5);
     CHECK(c.max_connections == -1);
     CHECK(cfg_try("max_connections 100\nlistener 1883\n", &c) == 0);
@@ -647,6 +647,198 @@ test_config_example(void)
     }
 }
 
+/* ---- auth: Mosquitto's password and ACL files ---- */
+
+static void
+test_b64(void)
+{
+    static const char *v[] = {"", "f", "fo", "foo", "foob", "fooba",
+                              "foobar"};
+    static const char *e[] = {"",         "Zg==",     "Zm8=",    "Zm9v",
+                              "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    char t[32];
+    uint8_t d[32];
+    size_t i;
+
+    for (i = 0; i < sizeof v / sizeof v[0]; i++) {
+        mqx_b64_encode((const uint8_t *)v[i], strlen(v[i]), t, sizeof t);
+        CHECK(strcmp(t, e[i]) == 0);
+        CHECK(mqx_b64_decode(e[i], strlen(e[i]), d, sizeof d) ==
+                  strlen(v[i]) &&
+              memcmp(d, v[i], strlen(v[i])) == 0);
+    }
+    CHECK(mqx_b64_decode("Zm9", 3, d, sizeof d) == (size_t)-1);
+    CHECK(mqx_b64_decode("Zm=v", 4, d, sizeof d) == (size_t)-1);
+    CHECK(mqx_b64_decode("Z!9v", 4, d, sizeof d) == (size_t)-1);
+    CHECK(mqx_b64_decode("Zm9vYmFy", 8, d, 5) == (size_t)-1);
+    CHECK(mqx_b64_encode((const uint8_t *)"foobar", 6, t, 8) == 0);
+}
+
+/* Lines made by Debian's mosquitto_passwd 2.0.11. */
+static const char pw_alice[] =
+    "alice:$7$101$WVmaW/pXH8EGZLDN$mLcsA00eHSj5MLqdM41KuQUa87uLG+O8yO5/PfLCK5"
+    "489Mzv7+GUY2W2qveaBejhKEhlcM+fhLkKY/yS5f9QtA==";
+static const char pw_bob[] =
+    "bob:$6$eXJqV3jWwkHZ1zMT$J2pc4XQ3q68FpnVTJyd7XsITKnkesLysPuOzoTDN/Xsmx4Zf"
+    "w4OA+rKXuiK6iYvbfqp4jm18bmDDZ4gLRfnz7g==";
+
+static int
+pw_ok(const char *line, const char *password)
+{
+    struct mqx_pwline pl;
+    struct pwent e;
+    struct mqx_str pw;
+
+    if (mqx_pw_line(line, strlen(line), &pl) != MQX_DONE) return -1;
+    memset(&e, 0, sizeof e);
+    e.kind = pl.kind;
+    e.iter = pl.iter;
+    e.salt_len = pl.salt_len;
+    memcpy(e.salt, pl.salt, sizeof e.salt);
+    memcpy(e.hash, pl.hash, sizeof e.hash);
+    pw.p = (const uint8_t *)password;
+    pw.len = (uint32_t)strlen(password);
+    return auth_password_ok(&e, pw);
+}
+
+static void
+test_password_lines(void)
+{
+    struct mqx_pwline pl;
+    const char *l;
+
+    CHECK(mqx_pw_line(pw_alice, strlen(pw_alice), &pl) == MQX_DONE);
+    CHECK(pl.kind == 7 && pl.iter == 101 && pl.salt_len == 12 &&
+          pl.user.len == 5);
+    CHECK(pw_ok(pw_alice, "secret") == 1);
+    CHECK(pw_ok(pw_alice, "Secret") == 0);
+    CHECK(pw_ok(pw_alice, "") == 0);
+    CHECK(pw_ok(pw_bob, "hunter2") == 1);
+    CHECK(pw_ok(pw_bob, "hunter3") == 0);
+    CHECK(mqx_pw_line("", 0, &pl) == MQX_MORE);
+    CHECK(mqx_pw_line("# c", 3, &pl) == MQX_MORE);
+    l = "carol:plaintext";
+    CHECK(mqx_pw_line(l, strlen(l), &pl) == MQX_BAD);
+    CHECK(strstr(pl.err, "not hashed") != NULL);
+    l = "dan:$argon2id$v=19$m=65536,t=3,p=1$c2FsdA$aGFzaA";
+    CHECK(mqx_pw_line(l, strlen(l), &pl) == MQX_BAD);
+    CHECK(strstr(pl.err, "mosquitto_passwd -H sha512-pbkdf2") != NULL);
+    l = "eve:$7$0$WVmaW/pXH8EGZLDN$mLcs";
+    CHECK(mqx_pw_line(l, strlen(l), &pl) == MQX_BAD);
+    l = "eve:$5$abc$def";
+    CHECK(mqx_pw_line(l, strlen(l), &pl) == MQX_BAD);
+    l = ":$6$eXJqV3jWwkHZ1zMT$J2pc";
+    CHECK(mqx_pw_line(l, strlen(l), &pl) == MQX_BAD);
+    l = "eve";
+    CHECK(mqx_pw_line(l, strlen(l), &pl) == MQX_BAD);
+}
+
+static int
+acl_rc(const char *l, struct mqx_aclline *al)
+{
+    return mqx_acl_line(l, strlen(l), al);
+}
+
+static void
+test_acl_lines(void)
+{
+    struct mqx_aclline al;
+    uint8_t out[64];
+    size_t n;
+    struct mqx_str u = {(const uint8_t *)"ann", 3};
+    struct mqx_str id = {(const uint8_t *)"dev-1", 5};
+    struct mqx_str none = {NULL, 0};
+    struct mqx_str bad = {(const uint8_t *)"a/b", 3};
+
+    CHECK(acl_rc("topic read a/#", &al) == MQX_DONE && al.kind == 2 &&
+          al.access == MQX_ACL_READ && al.arg.len == 3);
+    CHECK(acl_rc("  topic a/b c", &al) == MQX_DONE &&
+          al.access == (MQX_ACL_READ | MQX_ACL_WRITE) && al.arg.len == 5);
+    CHECK(acl_rc("topic deny secret/#", &al) == MQX_DONE &&
+          al.access == MQX_ACL_DENY);
+    CHECK(acl_rc("pattern write dev/%c/out", &al) == MQX_DONE &&
+          al.kind == 3 && al.access == MQX_ACL_WRITE);
+    CHECK(acl_rc("user bob smith", &al) == MQX_DONE && al.kind == 1 &&
+          al.arg.len == 9);
+    CHECK(acl_rc("# comment", &al) == MQX_MORE);
+    CHECK(acl_rc("", &al) == MQX_MORE);
+    CHECK(acl_rc("topic read a/#/b", &al) == MQX_BAD);
+    CHECK(acl_rc("topic read ", &al) == MQX_DONE && al.arg.len == 4);
+    CHECK(acl_rc("topic", &al) == MQX_BAD);
+    CHECK(acl_rc("topics read a", &al) == MQX_BAD);
+    CHECK(mqx_acl_subst((const uint8_t *)"d/%c/%u", 7, u, id, out, sizeof out,
+                        &n) == 0 &&
+          n == 11 && memcmp(out, "d/dev-1/ann", 11) == 0);
+    CHECK(mqx_acl_subst((const uint8_t *)"d/%u", 4, none, id, out, sizeof out,
+                        &n) == -1);
+    CHECK(mqx_acl_subst((const uint8_t *)"d/%u", 4, bad, id, out, sizeof out,
+                        &n) == -1);
+    CHECK(mqx_acl_subst((const uint8_t *)"d/%c", 4, u, id, out, 4, &n) == -1);
+}
+
+static void
+test_acl_rules(void)
+{
+    static char text[] = "topic read pub/#\n"
+                         "topic read $SYS/#\n"
+                         "user ann\n"
+                         "topic readwrite home/#\n"
+                         "topic deny home/secret\n"
+                         "topic read #\n"
+                         "user bob\n"
+                         "topic write bob/out\n"
+                         "pattern readwrite dev/%c/#\n"
+                         "pattern read user/%u/in\n";
+    char path[] = "/tmp/mqx-unit-aclXXXXXX";
+    int fd = mkstemp(path);
+    struct acldb db;
+    char err[256];
+    struct mqx_str ann = {(const uint8_t *)"ann", 3};
+    struct mqx_str bob = {(const uint8_t *)"bob", 3};
+    struct mqx_str anon = {NULL, 0};
+    struct mqx_str id = {(const uint8_t *)"d1", 2};
+#define ACL(u, t, a)                                                           \
+    acl_check(&db, u, id, (const uint8_t *)(t), strlen(t), a)
+
+    memset(&db, 0, sizeof db);
+    CHECK(fd >= 0 && write(fd, text, strlen(text)) == (ssize_t)strlen(text));
+    close(fd);
+    CHECK(acl_load(&db, path, err, sizeof err) == 0);
+    CHECK(db.n_anon == 2 && db.n_users == 2 && db.n_pat == 2);
+    /* anonymous: the rules before the first user line, and patterns */
+    CHECK(ACL(anon, "pub/x", MQX_ACL_READ));
+    CHECK(!ACL(anon, "pub/x", MQX_ACL_WRITE));
+    CHECK(!ACL(anon, "home/a", MQX_ACL_READ));
+    CHECK(ACL(anon, "dev/d1/x", MQX_ACL_WRITE)); /* %c */
+    CHECK(!ACL(anon, "user//in", MQX_ACL_READ)); /* no %u without a name */
+    /* a user: its own rules and the patterns, not the anonymous ones */
+    CHECK(ACL(ann, "home/a", MQX_ACL_WRITE));
+    CHECK(!ACL(ann, "home/secret", MQX_ACL_READ)); /* deny wins */
+    CHECK(ACL(ann, "other/x", MQX_ACL_READ));      /* "#" */
+    CHECK(!ACL(ann, "$SYS/x", MQX_ACL_READ));      /* "#" misses $ */
+    CHECK(ACL(ann, "user/ann/in", MQX_ACL_READ));
+    CHECK(!ACL(bob, "user/ann/in", MQX_ACL_READ));
+    CHECK(ACL(bob, "user/bob/in", MQX_ACL_READ));
+    CHECK(ACL(bob, "bob/out", MQX_ACL_WRITE));
+    CHECK(!ACL(bob, "bob/out", MQX_ACL_READ));
+    CHECK(!ACL(bob, "pub/x", MQX_ACL_READ));
+    /* SUBSCRIBE: the filter's wildcards are plain characters */
+    CHECK(ACL(ann, "home/#", MQX_ACL_READ));
+    CHECK(ACL(ann, "#", MQX_ACL_READ));
+    CHECK(!ACL(bob, "#", MQX_ACL_READ));
+    CHECK(ACL(anon, "$SYS/#", MQX_ACL_READ));
+    /* a broken file is refused and the loaded rules stay */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    CHECK(write(fd, "topic read a/#/b\n", 17) == 17);
+    close(fd);
+    CHECK(acl_load(&db, path, err, sizeof err) == -1);
+    CHECK(strstr(err, ":1: ") != NULL);
+    CHECK(ACL(ann, "home/a", MQX_ACL_WRITE));
+    acl_free(&db);
+    unlink(path);
+#undef ACL
+}
+
 int
 main(void)
 {
@@ -662,6 +854,10 @@ main(void)
     test_route();
     test_tree_churn();
     test_config_example();
+    test_b64();
+    test_password_lines();
+    test_acl_lines();
+    test_acl_rules();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
