@@ -652,8 +652,7 @@ test_config_example(void)
 static void
 test_b64(void)
 {
-    static const char *v[] = {"", "f", "fo", "foo", "foob", "fooba",
-                              "foobar"};
+    static const char *v[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
     static const char *e[] = {"",         "Zg==",     "Zm8=",    "Zm9v",
                               "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
     char t[32];
@@ -663,8 +662,7 @@ test_b64(void)
     for (i = 0; i < sizeof v / sizeof v[0]; i++) {
         mqx_b64_encode((const uint8_t *)v[i], strlen(v[i]), t, sizeof t);
         CHECK(strcmp(t, e[i]) == 0);
-        CHECK(mqx_b64_decode(e[i], strlen(e[i]), d, sizeof d) ==
-                  strlen(v[i]) &&
+        CHECK(mqx_b64_decode(e[i], strlen(e[i]), d, sizeof d) == strlen(v[i]) &&
               memcmp(d, v[i], strlen(v[i])) == 0);
     }
     CHECK(mqx_b64_decode("Zm9", 3, d, sizeof d) == (size_t)-1);
@@ -756,8 +754,8 @@ test_acl_lines(void)
           al.access == (MQX_ACL_READ | MQX_ACL_WRITE) && al.arg.len == 5);
     CHECK(acl_rc("topic deny secret/#", &al) == MQX_DONE &&
           al.access == MQX_ACL_DENY);
-    CHECK(acl_rc("pattern write dev/%c/out", &al) == MQX_DONE &&
-          al.kind == 3 && al.access == MQX_ACL_WRITE);
+    CHECK(acl_rc("pattern write dev/%c/out", &al) == MQX_DONE && al.kind == 3 &&
+          al.access == MQX_ACL_WRITE);
     CHECK(acl_rc("user bob smith", &al) == MQX_DONE && al.kind == 1 &&
           al.arg.len == 9);
     CHECK(acl_rc("# comment", &al) == MQX_MORE);
@@ -797,8 +795,7 @@ test_acl_rules(void)
     struct mqx_str bob = {(const uint8_t *)"bob", 3};
     struct mqx_str anon = {NULL, 0};
     struct mqx_str id = {(const uint8_t *)"d1", 2};
-#define ACL(u, t, a)                                                           \
-    acl_check(&db, u, id, (const uint8_t *)(t), strlen(t), a)
+#define ACL(u, t, a) acl_check(&db, u, id, (const uint8_t *)(t), strlen(t), a)
 
     memset(&db, 0, sizeof db);
     CHECK(fd >= 0 && write(fd, text, strlen(text)) == (ssize_t)strlen(text));
