@@ -3463,15 +3463,15 @@ ret_set(uint32_t m, const uint8_t *t, size_t n)
  * client's auth domain is its listener's with per_listener_settings, else
  * the global one. Hashing is in [11]. */
 
-static const char b64_chars[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static const char b64_chars[] = /* [64] is the padding */
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=";
 
 static int
 b64_val(char c)
 {
     const char *p = c ? strchr(b64_chars, c) : NULL;
 
-    return p ? (int)(p - b64_chars) : -1;
+    return p && p - b64_chars < 64 ? (int)(p - b64_chars) : -1;
 }
 
 /* Standard base64 with padding; returns the decoded length, or (size_t)-1
@@ -3518,8 +3518,8 @@ mqx_b64_encode(const uint8_t *p, size_t n, char *out, size_t cap)
         if (i + 2 < n) v |= p[i + 2];
         out[o++] = b64_chars[v >> 18 & 63];
         out[o++] = b64_chars[v >> 12 & 63];
-        out[o++] = i + 1 < n ? b64_chars[v >> 6 & 63] : '=';
-        out[o++] = i + 2 < n ? b64_chars[v & 63] : '=';
+        out[o++] = b64_chars[i + 1 < n ? v >> 6 & 63 : 64];
+        out[o++] = b64_chars[i + 2 < n ? v & 63 : 64];
     }
     out[o] = '\0';
     return o;

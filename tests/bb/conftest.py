@@ -172,6 +172,29 @@ class Broker:
                 # a log file is polled; pipes wake us up
                 self.cond.wait(min(left, 0.05 if self.logfile else 0.5))
 
+    def wait_count(self, sub, n, timeout=5.0, since=0):
+        """Wait until n lines from since on contain sub (or match it);
+        returns them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.find(sub, since)
+            if len(found) >= n:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("%s: %d of %d log lines %r within %.1fs"
+                                     % (self.name, len(found), n,
+                                        getattr(sub, "pattern", sub),
+                                        timeout))
+            if self.proc.poll() is not None and not self.logfile:
+                for t in self.threads:
+                    t.join(1)
+                if len(self.find(sub, since)) < n:
+                    raise AssertionError("%s exited with %s" % (
+                        self.name, self.proc.returncode))
+            with self.cond:
+                self.cond.wait(min(left, 0.05 if self.logfile else 0.5))
+
     def alive(self):
         return self.proc.poll() is None
 
@@ -256,6 +279,9 @@ def pytest_runtest_makereport(item, call):
                                  b.conf_text))
             rep.sections.append(("%s log (%s)" % (b.name, rep.when),
                                  b.log() or "(empty)"))
+    # other processes a test started (haproxy...): [(title, text_fn)]
+    for title, fn in getattr(item, "_mqx_logs", []) if rep.failed else []:
+        rep.sections.append(("%s (%s)" % (title, rep.when), fn() or "(empty)"))
 
 
 @pytest.fixture

@@ -194,7 +194,11 @@ class Conn:
     """A client socket that reads whole MQTT packets with timeouts."""
 
     def __init__(self, port=None, host="127.0.0.1", path=None,
-                 family=socket.AF_INET, timeout=5.0, rcvbuf=None):
+                 family=socket.AF_INET, timeout=5.0, rcvbuf=None,
+                 source=None, nodelay=False):
+        """source: local address to bind before connecting (e.g.
+        "127.0.0.5", to look like another host); nodelay: TCP_NODELAY,
+        so that each send() leaves as its own segment."""
         if path is not None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             addr = path
@@ -203,6 +207,10 @@ class Conn:
             addr = (host, port)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            self.sock.bind((source, 0))
+        if nodelay and path is None:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(timeout)
         self.sock.connect(addr)
         self.buf = b""
@@ -214,8 +222,44 @@ class Conn:
     def local_port(self):
         return self.sock.getsockname()[1]
 
+    @property
+    def local_addr(self):
+        """"ip:port" of our end, as the broker logs a peer."""
+        a = self.sock.getsockname()
+        return "%s:%d" % (a[0], a[1])
+
     def send(self, data):
         self.sock.sendall(data)
+
+    def send_reads(self, reads, gap=0.005):
+        """Send each chunk as its own write, gap seconds apart (with
+        nodelay, separate segments and usually separate reads at the
+        peer). Returns how many were written before the peer closed."""
+        for i, r in enumerate(reads):
+            if i:
+                time.sleep(gap)  # pacing, not waiting for readiness
+            try:
+                self.sock.sendall(r)
+            except OSError as e:
+                if e.errno in (errno.EPIPE, errno.ECONNRESET):
+                    return i
+                raise
+        return len(reads)
+
+    def start_tls(self, ctx, server_hostname="localhost"):
+        """TLS handshake on the connected socket (ssl.SSLContext ctx); the
+        packet helpers then run over TLS."""
+        self.sock = ctx.wrap_socket(self.sock,
+                                    server_hostname=server_hostname)
+        return self
+
+    def shutdown_write(self):
+        """Send FIN (EOF for the peer), keep reading."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            if e.errno != errno.ENOTCONN:
+                raise
 
     def _fill(self, deadline):
         """Read more bytes into self.buf; raise Closed or Timeout."""
@@ -349,6 +393,51 @@ class Conn:
 
     def __exit__(self, *a):
         self.close()
+
+
+# ---- PROXY protocol headers (what HAProxy sends) ----------------------
+
+PP2_SIG = bytes.fromhex("0d0a0d0a000d0a515549540a")
+
+
+def proxy_v1(src, dst, sport, dport):
+    """A PROXY v1 line, TCP4 or TCP6 by the address."""
+    fam = "TCP6" if ":" in src else "TCP4"
+    line = "PROXY %s %s %s %d %d\r\n" % (fam, src, dst, sport, dport)
+    return line.encode()
+
+
+def proxy_v2(src=None, dst=None, sport=0, dport=0, tlvs=b"", local=False):
+    """A PROXY v2 header: PROXY TCP over IPv4/IPv6 by the address, or LOCAL
+    (no address block) when local; tlvs are appended as given."""
+    if local:
+        vc, fam, block = 0x20, 0x00, b""
+    elif ":" in src:
+        vc, fam = 0x21, 0x21
+        block = (socket.inet_pton(socket.AF_INET6, src)
+                 + socket.inet_pton(socket.AF_INET6, dst)
+                 + u16(sport) + u16(dport))
+    else:
+        vc, fam = 0x21, 0x11
+        block = (socket.inet_aton(src) + socket.inet_aton(dst)
+                 + u16(sport) + u16(dport))
+    body = block + tlvs
+    return PP2_SIG + bytes([vc, fam]) + u16(len(body)) + body
+
+
+def pp2_tlv(t, value):
+    value = b(value)
+    return bytes([t]) + u16(len(value)) + value
+
+
+def pp2_ssl(client, verify=0, version=None, cn=None):
+    """SSL TLV (0x20): client bits, verify, VERSION and CN sub-TLVs."""
+    sub_ = b""
+    if version is not None:
+        sub_ += pp2_tlv(0x21, version)
+    if cn is not None:
+        sub_ += pp2_tlv(0x22, cn)
+    return pp2_tlv(0x20, bytes([client]) + verify.to_bytes(4, "big") + sub_)
 
 
 # ---- session helpers --------------------------------------------------
