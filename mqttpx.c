@@ -725,6 +725,15 @@ pool_init(struct pool *pl, const char *name, void *base, size_t slot,
     pl->head = cap ? 0 : NIL;
 }
 
+#define POOL_USED (NIL - 1) /* next[] of a taken slot */
+
+/* Is slot i taken? (free slots link the free list, ending with NIL) */
+static int
+pool_used(const struct pool *pl, uint32_t i)
+{
+    return pl->next[i] == POOL_USED;
+}
+
 /* Takes a slot; NIL when the pool is full (the caller applies the pool's
  * written policy and the refusal is counted here). */
 static uint32_t
@@ -737,7 +746,7 @@ pool_take(struct pool *pl)
         return NIL;
     }
     pl->head = pl->next[i];
-    pl->next[i] = NIL;
+    pl->next[i] = POOL_USED;
     if (++pl->used > pl->peak) pl->peak = pl->used;
     if (MQX_DEBUG_FILL)
         memset((uint8_t *)pl->base + (size_t)i * pl->slot, 0xAA, pl->slot);
@@ -747,7 +756,7 @@ pool_take(struct pool *pl)
 static void
 pool_give(struct pool *pl, uint32_t i)
 {
-    assert(i < pl->cap && pl->used > 0);
+    assert(i < pl->cap && pl->used > 0 && pool_used(pl, i));
     if (MQX_DEBUG_FILL)
         memset((uint8_t *)pl->base + (size_t)i * pl->slot, 0x55, pl->slot);
     pl->gen[i]++;
@@ -5957,7 +5966,7 @@ loop_expire(void)
     if (g.cfg.persistent_client_expiration)
         for (i = 0; i < g.p_sess.cap; i++) {
             struct sess *s = &g.sess[i];
-            if (g.p_sess.next[i] != NIL || s->conn != NIL || !s->expire_ms)
+            if (!pool_used(&g.p_sess, i) || s->conn != NIL || !s->expire_ms)
                 continue;
             if (g.now >= s->expire_ms) {
                 int n;

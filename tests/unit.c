@@ -491,6 +491,10 @@ test_pool(void)
     c = pool_take(&g.p_conn);
     CHECK(a != NIL && b != NIL && c == NIL); /* 2 connections */
     CHECK(g.p_conn.full == 1);
+    CHECK(pool_used(&g.p_conn, a) && pool_used(&g.p_conn, b));
+    pool_give(&g.p_conn, b); /* b is now the whole free list: next NIL */
+    CHECK(!pool_used(&g.p_conn, b) && g.p_conn.next[b] == NIL);
+    CHECK(pool_take(&g.p_conn) == b);
     gen = g.p_conn.gen[a];
     pool_give(&g.p_conn, a);
     CHECK(g.p_conn.gen[a] == gen + 1); /* stale handles are detected */
