@@ -53,6 +53,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -103,6 +104,8 @@
 #define MQX_ID_MAX       65535 /* client id bytes (UTF-8 string limit) */
 #define MQX_PATH_MAX     256
 #define MQX_SCAN_MS      250 /* deadline scan period */
+#define MQX_FULL_POLL_MS 50  /* all slots polled this often, +1 ms per 200 */
+#define MQX_HOT_MS       250 /* a quiet connection leaves the hot set */
 #define MQX_LOG_LINE     1024
 #define MQX_LOG_EVERY_MS 10000 /* rate limit window for repeated lines */
 
@@ -182,6 +185,11 @@ struct cfg {
     int64_t max_retained_bytes;
     int64_t message_store_bytes;
     int64_t max_queued_total;
+    int64_t persistence;
+    int64_t autosave_interval;
+    int64_t autosave_on_changes;
+    char persistence_location[MQX_PATH_MAX];
+    char persistence_file[MQX_PATH_MAX];
     unsigned log_dest;
     unsigned log_type;
     int log_type_set; /* first log_type line replaces the default */
@@ -319,9 +327,11 @@ struct conn {
     uint8_t proto; /* 3 or 4 once CONNECTed */
     uint8_t lsn;   /* listener index */
     uint16_t keepalive;
-    uint32_t sess;   /* NIL until CONNECT */
-    uint32_t will;   /* msg, NIL without will */
-    uint32_t resend; /* next inflight entry to resend after resume */
+    uint32_t sess;      /* NIL until CONNECT */
+    uint32_t will;      /* msg, NIL without will */
+    uint32_t resend;    /* next inflight entry to resend after resume */
+    uint32_t active_ms; /* low 32 bits of g.now at its last activity */
+    uint32_t hot_pos;   /* index in g.hot, NIL when not hot */
     int64_t deadline_ms;
     uint8_t *rx; /* partial packet (store block), NULL when none */
     uint32_t rx_len, rx_cap;
@@ -352,18 +362,21 @@ struct broker {
     struct node *nodes;
     struct msg *msgs;
     struct qent *qents;
-    uint32_t *node_ht;  /* (parent, name) -> node, open addressing */
-    uint32_t *sess_ht;  /* client id -> session, chained */
-    uint32_t *match;    /* sessions matched by one routing pass */
-    uint32_t *dirty;    /* connections with output to fill or flush */
-    uint8_t *scratch;   /* the shared read buffer */
-    struct pollfd *pfd; /* listeners first, then one per connection slot */
+    uint32_t *node_ht;   /* (parent, name) -> node, open addressing */
+    uint32_t *sess_ht;   /* client id -> session, chained */
+    uint32_t *match;     /* sessions matched by one routing pass */
+    uint32_t *dirty;     /* connections with output to fill or flush */
+    uint32_t *hot;       /* connections active lately: polled every time */
+    struct pollfd *hpfd; /* the compact pollfd array of a hot poll */
+    uint8_t *scratch;    /* the shared read buffer */
+    struct pollfd *pfd;  /* listeners first, then one per connection slot */
     uint32_t node_ht_mask, sess_ht_mask;
-    uint32_t n_match, stamp, n_dirty;
+    uint32_t n_match, stamp, n_dirty, n_hot;
     /* [8] retained, [9] subscriptions */
     uint32_t n_retained, n_subs;
     uint64_t retained_bytes;
     /* [13] connections */
+    size_t rx_bytes; /* store bytes held by partial packets */
     struct lsock ls[MQX_MAX_LSOCKS];
     uint32_t n_pfd, n_ls;
     uint32_t conn_hwm; /* slots below this may be in use */
@@ -374,13 +387,20 @@ struct broker {
     int log_fd;    /* log_dest file, -1 */
     int syslog_fd; /* /dev/log datagram socket, -1 */
     int wake[2];   /* self-pipe: signals wake poll() */
-    volatile sig_atomic_t sig_quit, sig_hup;
-    int64_t now, start_ms, next_sys_ms, next_scan_ms;
+    volatile sig_atomic_t sig_quit, sig_hup, sig_save;
+    int64_t now, start_ms, next_sys_ms, next_scan_ms, next_full_ms;
+    int64_t next_prune_ms;
+    int spare_fd; /* given up to accept() and close when out of fds */
     /* $SYS counters */
     uint64_t msgs_rx, msgs_tx, bytes_rx, bytes_tx, pub_dropped;
     uint64_t conns_refused, conns_total;
     /* R57 */
     uint64_t pp_accepted, pp_rejected, pp_timeout, pp_local, pp_untrusted;
+    /* [12] persistence */
+    uint8_t *pmark;   /* one bit per message: written in this snapshot */
+    uint64_t changes; /* since the last snapshot */
+    int64_t next_save_ms;
+    uint64_t store_saves, store_fails, store_bytes;
 };
 
 static struct broker g;
@@ -422,6 +442,14 @@ rd_u16(struct rd *r)
     v = (uint16_t)((unsigned)r->p[0] << 8 | r->p[1]);
     r->p += 2;
     return v;
+}
+
+static uint32_t
+rd_u32(struct rd *r)
+{
+    uint32_t hi = rd_u16(r);
+
+    return hi << 16 | rd_u16(r);
 }
 
 /* A two-byte length then that many bytes [MQTT-1.5.3]. */
@@ -1055,6 +1083,15 @@ static const struct cfg_key cfg_keys[] = {
            "retained payload bytes kept"),
     CK_INT(message_store_bytes, CT_BYTES, 65536, INT64_C(1) << 40, 8388608,
            "bytes for messages, client ids, partial packets and output"),
+    CK_INT(persistence, CT_BOOL, 0, 1, 0,
+           "keep retained messages and persistent sessions across restarts"),
+    CK_STR(persistence_location, "folder of the persistence file"),
+    CK_STR(persistence_file, "file name (default mqttpx.db)"),
+    CK_INT(autosave_interval, CT_INT, 0, INT64_C(1) << 31, 1800,
+           "seconds between snapshots (only when something changed); 0: only "
+           "at shutdown"),
+    CK_INT(autosave_on_changes, CT_BOOL, 0, 1, 0,
+           "autosave_interval counts changes instead of seconds"),
     CK_INT(max_queued_total, CT_INT, 16, 100000000, 65536,
            "queued and inflight deliveries of all clients; when full: "
            "QoS 0 dropped, a QoS 1/2 subscriber disconnected"),
@@ -1093,6 +1130,7 @@ cfg_defaults(struct cfg *c)
     c->log_dest = LOG_D_STDERR;
     c->log_type = LOG_T_ERR | LOG_T_WARN | LOG_T_NOTICE | LOG_T_INFO;
     str_set(c->user, sizeof c->user, "mqttpx");
+    str_set(c->persistence_file, sizeof c->persistence_file, "mqttpx.db");
 }
 
 /* Parses a decimal integer with an optional suffix; 0 on success. */
@@ -1757,6 +1795,8 @@ cfg_restart_only(const char *name)
         "max_queued_total", "max_packet_size",
         "memory_limit",     "user",
         "pid_file",         "per_listener_settings",
+        "persistence",      "persistence_location",
+        "persistence_file",
     };
     size_t i;
 
@@ -3456,6 +3496,7 @@ ret_set(uint32_t m, const uint8_t *t, size_t n)
         m = NIL;
     }
     g.nodes[nd].retained = m;
+    g.changes++;
     if (m != NIL) {
         msg_ref(m);
         g.n_retained++;
@@ -4290,6 +4331,7 @@ sub_add(uint32_t s, const uint8_t *f, size_t n, uint8_t qos, uint32_t *node)
     sb->sess_next = g.sess[s].subs;
     g.sess[s].subs = si;
     g.n_subs++;
+    g.changes++;
     return qos;
 }
 
@@ -4308,6 +4350,7 @@ sub_remove(uint32_t s, const uint8_t *f, size_t n)
                 g.subs[prev].sess_next = g.subs[si].sess_next;
             sub_unlink(si);
             node_prune(nd);
+            g.changes++;
             return 1;
         }
     return 0;
@@ -4386,6 +4429,7 @@ sess_enqueue(uint32_t si, uint32_t m, uint8_t qos, uint8_t retain)
     s->q_tail = q;
     s->q_count++;
     s->q_bytes += bytes;
+    if (!s->clean) g.changes++;
     if (c) conn_dirty(c);
 }
 
@@ -4598,6 +4642,611 @@ auth_password_ok(const struct pwent *e, struct mqx_str pass)
     return hash_equal(h, e->hash);
 }
 
+/* ==== [12] Persistence: snapshot writer, pure loader ==== */
+/* `persistence true`: retained messages and persistent sessions (with
+ * subscriptions, queued and inflight messages and next packet ids) are
+ * written to persistence_location/persistence_file at autosave_interval
+ * (only when something changed) and at shutdown, and read at start-up.
+ * The file goes to FILE.tmp, is fsynced, renamed over FILE, and the folder
+ * fsynced: a crash leaves the old or the new file, never a mix. A file
+ * that fails its checks stops the start and is left as it is. */
+
+/* The fixed part: magic, version, save time. MQX_MORE: too short. */
+enum mqx_rc
+mqx_store_header(const uint8_t *buf, size_t len, uint16_t *version,
+                 uint32_t *saved, const char **err)
+{
+    if (len < MQX_STORE_HDR) {
+        *err = "truncated: no complete header";
+        return MQX_MORE;
+    }
+    if (memcmp(buf, "MQXSTORE", 8) != 0) {
+        *err = "not an mqttpx persistence file";
+        return MQX_BAD;
+    }
+    *version = (uint16_t)(buf[8] << 8 | buf[9]);
+    *saved = (uint32_t)buf[12] << 24 | (uint32_t)buf[13] << 16 |
+             (uint32_t)buf[14] << 8 | buf[15];
+    if (*version == 0 || *version > MQX_STORE_VERSION) {
+        *err = "written by a newer mqttpx (unknown format version)";
+        return MQX_BAD;
+    }
+    return MQX_DONE;
+}
+
+/* The record at *off, its checksum verified. MQX_MORE: the file ends
+ * inside it (truncated). */
+enum mqx_rc
+mqx_store_next(const uint8_t *buf, size_t len, size_t *off,
+               struct mqx_store_rec *r, const char **err)
+{
+    const uint8_t *p = buf + *off;
+    size_t left = len - *off;
+    uint32_t n, crc;
+
+    if (left < 5) {
+        *err = "truncated: a record is cut short";
+        return MQX_MORE;
+    }
+    n = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 |
+        p[4];
+    if (left - 5 < (size_t)n + 4) {
+        *err = "truncated: a record is cut short";
+        return MQX_MORE;
+    }
+    crc = (uint32_t)p[5 + n] << 24 | (uint32_t)p[6 + n] << 16 |
+          (uint32_t)p[7 + n] << 8 | p[8 + n];
+    if (mqx_crc32c(0, p, 5 + (size_t)n) != crc) {
+        *err = "checksum mismatch (the file is damaged)";
+        return MQX_BAD;
+    }
+    r->type = p[0];
+    r->body = p + 5;
+    r->len = n;
+    *off += 9 + (size_t)n;
+    return MQX_DONE;
+}
+
+/* --- writing --- */
+
+struct sw {
+    int fd, err; /* err: errno of the first failure */
+    uint8_t *buf;
+    size_t n, cap;
+    uint32_t crc, count;
+    uint64_t bytes;
+};
+
+static void
+sw_flush(struct sw *w)
+{
+    size_t off = 0;
+
+    while (off < w->n && !w->err) {
+        ssize_t k = write(w->fd, w->buf + off, w->n - off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            w->err = k < 0 ? errno : EIO;
+            break;
+        }
+        off += (size_t)k;
+    }
+    w->bytes += w->n;
+    w->n = 0;
+}
+
+static void
+sw_raw(struct sw *w, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+
+    while (n > 0) {
+        size_t k = w->cap - w->n < n ? w->cap - w->n : n;
+        memcpy(w->buf + w->n, b, k);
+        w->n += k;
+        b += k;
+        n -= k;
+        if (w->n == w->cap) sw_flush(w);
+    }
+}
+
+static void
+sw_put(struct sw *w, const void *p, size_t n)
+{
+    w->crc = mqx_crc32c(w->crc, p, n);
+    sw_raw(w, p, n);
+}
+
+static void
+sw_u8(struct sw *w, unsigned v)
+{
+    uint8_t b = (uint8_t)v;
+
+    sw_put(w, &b, 1);
+}
+
+static void
+sw_u16(struct sw *w, unsigned v)
+{
+    uint8_t b[2] = {(uint8_t)(v >> 8), (uint8_t)v};
+
+    sw_put(w, b, 2);
+}
+
+static void
+sw_u32(struct sw *w, uint32_t v)
+{
+    uint8_t b[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8),
+                    (uint8_t)v};
+
+    sw_put(w, b, 4);
+}
+
+static void
+sw_str(struct sw *w, const uint8_t *p, size_t n)
+{
+    sw_u16(w, (unsigned)n);
+    if (n) sw_put(w, p, n);
+}
+
+static void
+sw_begin(struct sw *w, unsigned type, size_t len)
+{
+    w->crc = 0;
+    sw_u8(w, type);
+    sw_u32(w, (uint32_t)len);
+}
+
+static void
+sw_end(struct sw *w)
+{
+    uint32_t c = w->crc;
+    uint8_t b[4] = {(uint8_t)(c >> 24), (uint8_t)(c >> 16), (uint8_t)(c >> 8),
+                    (uint8_t)c};
+
+    sw_raw(w, b, 4);
+    w->count++;
+}
+
+/* The text of a tree node's path: the node indexes root first into
+ * path[], returning the depth and *len the filter's length. */
+static unsigned
+store_node_path(uint32_t nd, uint32_t *path, size_t *len)
+{
+    unsigned d = 0, i;
+    size_t n = 0;
+
+    for (; nd != 0 && d < MQX_MAX_TOPIC_LEVELS; nd = g.nodes[nd].parent)
+        path[d++] = nd;
+    for (i = 0; i < d / 2; i++) { /* root first */
+        uint32_t t = path[i];
+        path[i] = path[d - 1 - i];
+        path[d - 1 - i] = t;
+    }
+    for (i = 0; i < d; i++)
+        n += g.nodes[path[i]].name_len + (i ? 1u : 0u);
+    *len = n;
+    return d;
+}
+
+static void
+store_put_path(struct sw *w, const uint32_t *path, unsigned d)
+{
+    unsigned i;
+
+    for (i = 0; i < d; i++) {
+        const struct node *x = &g.nodes[path[i]];
+        if (i) sw_put(w, "/", 1);
+        if (x->name_len) sw_put(w, st_ptr(x->name), x->name_len);
+    }
+}
+
+static void
+store_mark(uint32_t m)
+{
+    if (m != NIL) g.pmark[m / 8] = (uint8_t)(g.pmark[m / 8] | 1u << (m % 8));
+}
+
+static int
+store_marked(uint32_t m)
+{
+    return (g.pmark[m / 8] >> (m % 8)) & 1;
+}
+
+/* The session records: the session, its subscriptions, queue, inflight
+ * messages and QoS 2 ids waiting for PUBREL. */
+static void
+store_put_sess(struct sw *w, uint32_t si)
+{
+    const struct sess *s = &g.sess[si];
+    uint32_t path[MQX_MAX_TOPIC_LEVELS], q, sb;
+    size_t ul = s->user == NIL ? 0 : s->user_len, fl;
+    int64_t left =
+        s->conn == NIL && s->expire_ms ? (s->expire_ms - g.now) / 1000 + 1 : 0;
+    uint32_t expire = left > 0 ? (uint32_t)(time(NULL) + left) : 0;
+    unsigned d;
+
+    sw_begin(w, MQX_SR_SESS, (size_t)16 + s->id_len + ul);
+    sw_u32(w, si);
+    sw_u16(w, s->next_pid);
+    sw_u8(w, s->lsn);
+    sw_u8(w, s->user != NIL);
+    sw_u32(w, expire);
+    sw_str(w, st_ptr(s->id), s->id_len);
+    sw_str(w, s->user == NIL ? NULL : st_ptr(s->user), ul);
+    sw_end(w);
+    for (sb = s->subs; sb != NIL; sb = g.subs[sb].sess_next) {
+        d = store_node_path(g.subs[sb].node, path, &fl);
+        sw_begin(w, MQX_SR_SUB, 4 + 1 + 2 + fl);
+        sw_u32(w, si);
+        sw_u8(w, g.subs[sb].qos);
+        sw_u16(w, (unsigned)fl);
+        store_put_path(w, path, d);
+        sw_end(w);
+    }
+    for (q = s->q_head; q != NIL; q = g.qents[q].next) {
+        sw_begin(w, MQX_SR_QUEUE, 10);
+        sw_u32(w, si);
+        sw_u32(w, g.qents[q].msg);
+        sw_u8(w, g.qents[q].qos);
+        sw_u8(w, g.qents[q].retain);
+        sw_end(w);
+    }
+    for (q = s->f_head; q != NIL; q = g.qents[q].next) {
+        sw_begin(w, MQX_SR_INFLIGHT, 12);
+        sw_u32(w, si);
+        sw_u32(w, g.qents[q].msg);
+        sw_u16(w, g.qents[q].pid);
+        sw_u8(w, g.qents[q].qos);
+        sw_u8(w, g.qents[q].state);
+        sw_end(w);
+    }
+    for (q = s->r_head; q != NIL; q = g.qents[q].next) {
+        sw_begin(w, MQX_SR_RECEIVED, 6);
+        sw_u32(w, si);
+        sw_u16(w, g.qents[q].pid);
+        sw_end(w);
+    }
+}
+
+static void
+store_path(char *out, size_t cap, const char *suffix)
+{
+    const char *dir = g.cfg.persistence_location;
+    size_t dl = strlen(dir);
+
+    snprintf(out, cap, "%s%s%s%s", dir, dl && dir[dl - 1] != '/' ? "/" : "",
+             g.cfg.persistence_file, suffix);
+}
+
+/* Writes the snapshot: FILE.tmp, fsync, rename, fsync of the folder. On
+ * any failure the previous file stays and the error is logged; -1. */
+static int
+store_save(void)
+{
+    char path[2 * MQX_PATH_MAX + 8], tmp[2 * MQX_PATH_MAX + 8];
+    struct sw w;
+    uint8_t hdr[MQX_STORE_HDR] = {'M', 'Q', 'X', 'S', 'T', 'O', 'R', 'E'};
+    uint32_t i, now = (uint32_t)time(NULL);
+    int dfd;
+
+    store_path(path, sizeof path, "");
+    store_path(tmp, sizeof tmp, ".tmp");
+    memset(&w, 0, sizeof w);
+    w.buf = g.scratch;
+    w.cap = MQX_SCRATCH;
+    w.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (w.fd < 0) {
+        log_sys(LOG_T_ERR, "Error saving in-memory database: %s", tmp);
+        return -1;
+    }
+    hdr[9] = MQX_STORE_VERSION;
+    hdr[12] = (uint8_t)(now >> 24);
+    hdr[13] = (uint8_t)(now >> 16);
+    hdr[14] = (uint8_t)(now >> 8);
+    hdr[15] = (uint8_t)now;
+    sw_raw(&w, hdr, sizeof hdr);
+    memset(g.pmark, 0, (g.p_msg.cap + 7) / 8);
+    for (i = 0; i < g.p_node.cap; i++)
+        if (pool_used(&g.p_node, i)) store_mark(g.nodes[i].retained);
+    for (i = 0; i < g.p_sess.cap; i++) {
+        uint32_t q;
+        if (!pool_used(&g.p_sess, i) || g.sess[i].clean) continue;
+        for (q = g.sess[i].q_head; q != NIL; q = g.qents[q].next)
+            store_mark(g.qents[q].msg);
+        for (q = g.sess[i].f_head; q != NIL; q = g.qents[q].next)
+            store_mark(g.qents[q].msg);
+    }
+    for (i = 0; i < g.p_msg.cap; i++) {
+        const struct msg *m = &g.msgs[i];
+        if (!store_marked(i)) continue;
+        sw_begin(&w, MQX_SR_MSG,
+                 4 + 1 + 1 + 2 + (size_t)m->topic_len + m->payload_len);
+        sw_u32(&w, i);
+        sw_u8(&w, m->qos);
+        sw_u8(&w, m->retain);
+        sw_str(&w, msg_topic(m), m->topic_len);
+        sw_put(&w, msg_payload(m), m->payload_len);
+        sw_end(&w);
+    }
+    for (i = 0; i < g.p_node.cap; i++)
+        if (pool_used(&g.p_node, i) && g.nodes[i].retained != NIL) {
+            sw_begin(&w, MQX_SR_RETAIN, 4);
+            sw_u32(&w, g.nodes[i].retained);
+            sw_end(&w);
+        }
+    for (i = 0; i < g.p_sess.cap; i++)
+        if (pool_used(&g.p_sess, i) && !g.sess[i].clean) store_put_sess(&w, i);
+    {
+        uint32_t n = w.count;
+        sw_begin(&w, MQX_SR_END, 4);
+        sw_u32(&w, n);
+        sw_end(&w);
+    }
+    sw_flush(&w);
+    if (!w.err && fsync(w.fd) < 0) w.err = errno;
+    if (close(w.fd) < 0 && !w.err) w.err = errno;
+    if (!w.err && rename(tmp, path) < 0) w.err = errno;
+    if (w.err) {
+        errno = w.err;
+        log_sys(LOG_T_ERR,
+                "Error saving in-memory database to %s (the previous file "
+                "is kept)",
+                path);
+        (void)unlink(tmp);
+        g.store_fails++;
+        return -1;
+    }
+    dfd = open(g.cfg.persistence_location[0] ? g.cfg.persistence_location : ".",
+               O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        (void)fsync(dfd); /* the rename itself */
+        close(dfd);
+    }
+    g.changes = 0;
+    g.store_saves++;
+    g.store_bytes += w.bytes;
+    log_at(LOG_T_INFO,
+           "Saving in-memory database to %s (%u records, %llu bytes).", path,
+           w.count, (unsigned long long)w.bytes);
+    return 0;
+}
+
+/* --- loading, at start-up only (it may allocate) --- */
+
+struct store_ld {
+    const char *path;
+    uint32_t *mid; /* file message id -> message */
+    uint32_t n_mid;
+    uint32_t *sid; /* file session id -> session */
+    uint32_t n_sid;
+    uint32_t n_ret, n_sess;
+};
+
+/* Applies one record; a message of what went wrong, or NULL. */
+static const char *
+store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
+{
+    struct rd r = {rec->body, rec->body + rec->len, 0};
+    uint32_t id = rd_u32(&r), x = NIL, q;
+    struct sess *s = NULL;
+
+    if (count) { /* first pass: the largest ids */
+        if (rec->type == MQX_SR_MSG && id >= ld->n_mid) ld->n_mid = id + 1;
+        if (rec->type == MQX_SR_SESS && id >= ld->n_sid) ld->n_sid = id + 1;
+        return r.bad && rec->type != MQX_SR_END ? "short record" : NULL;
+    }
+    if (rec->type != MQX_SR_MSG && rec->type != MQX_SR_RETAIN &&
+        rec->type != MQX_SR_END) {
+        if (id >= ld->n_sid) return "unknown session";
+        x = ld->sid[id];
+        if (x == NIL && rec->type != MQX_SR_SESS) return NULL; /* expired */
+        if (x != NIL) s = &g.sess[x];
+    }
+    switch (rec->type) {
+    case MQX_SR_MSG: {
+        uint8_t qos = rd_u8(&r), retain = rd_u8(&r);
+        struct mqx_str t = rd_str(&r);
+        if (r.bad || qos > 2 || t.len == 0) return "bad message record";
+        ld->mid[id] = msg_new(t.p, t.len, r.p, rd_left(&r), qos, retain);
+        if (ld->mid[id] == NIL)
+            return "more messages than message_store_bytes holds";
+        msg_ref(ld->mid[id]); /* held until the end of the load */
+        return NULL;
+    }
+    case MQX_SR_RETAIN:
+        if (id >= ld->n_mid || ld->mid[id] == NIL) return "unknown message";
+        ret_set(ld->mid[id], msg_topic(&g.msgs[ld->mid[id]]),
+                g.msgs[ld->mid[id]].topic_len);
+        ld->n_ret++;
+        return NULL;
+    case MQX_SR_SESS: {
+        uint16_t pid = rd_u16(&r);
+        uint8_t lsn = rd_u8(&r), has_user = rd_u8(&r);
+        uint32_t expire = rd_u32(&r), now = (uint32_t)time(NULL);
+        struct mqx_str cid = rd_str(&r), user = rd_str(&r);
+        if (r.bad || x != NIL) return "bad session record";
+        if (expire && now >= expire) return NULL; /* expired while down */
+        x = sess_new(cid.p, cid.len);
+        if (x == NIL) return "more sessions than max_sessions";
+        ld->sid[id] = x;
+        s = &g.sess[x];
+        s->clean = 0;
+        s->proto = 4;
+        s->next_pid = pid ? pid : 1;
+        s->lsn = lsn < g.cfg.n_lsn ? lsn : 0;
+        if (has_user) {
+            uint8_t *b = st_dup(user.p, user.len ? user.len : 1);
+            if (!b) return "no room for a user name";
+            s->user = ST_UNIT(b);
+            s->user_len = (uint16_t)user.len;
+        }
+        s->expire_ms = expire ? g.now + (int64_t)(expire - now) * 1000
+                       : g.cfg.persistent_client_expiration
+                           ? g.now + g.cfg.persistent_client_expiration * 1000
+                           : 0;
+        ld->n_sess++;
+        return NULL;
+    }
+    case MQX_SR_SUB: {
+        uint8_t qos = rd_u8(&r);
+        struct mqx_str f = rd_str(&r);
+        uint32_t nd;
+        if (r.bad || qos > 2 || !mqx_filter_valid(f.p, f.len))
+            return "bad subscription record";
+        if (sub_add(x, f.p, f.len, qos, &nd) == 0x80)
+            return "more subscriptions or topic levels than configured";
+        return NULL;
+    }
+    case MQX_SR_QUEUE:
+    case MQX_SR_INFLIGHT: {
+        uint32_t m = rd_u32(&r);
+        uint16_t pid = rec->type == MQX_SR_INFLIGHT ? rd_u16(&r) : 0;
+        uint8_t qos = rd_u8(&r), st = rd_u8(&r);
+        if (r.bad || qos > 2) return "bad queue record";
+        if (m != NIL && (m >= ld->n_mid || ld->mid[m] == NIL))
+            return "unknown message";
+        if (rec->type == MQX_SR_INFLIGHT &&
+            (st < QE_PUBACK || st > QE_PUBCOMP ||
+             (m == NIL) != (st == QE_PUBCOMP)))
+            return "bad inflight record";
+        if (rec->type == MQX_SR_QUEUE && m == NIL) return "bad queue record";
+        q = qe_new(m == NIL ? NIL : ld->mid[m], qos,
+                   rec->type == MQX_SR_QUEUE ? QE_QUEUED : st);
+        if (q == NIL) return "more queued messages than max_queued_total";
+        if (rec->type == MQX_SR_QUEUE) {
+            const struct msg *mm = &g.msgs[ld->mid[m]];
+            g.qents[q].retain = st;
+            if (s->q_tail == NIL)
+                s->q_head = q;
+            else
+                g.qents[s->q_tail].next = q;
+            s->q_tail = q;
+            s->q_count++;
+            s->q_bytes += mm->payload_len + mm->topic_len;
+        } else {
+            g.qents[q].pid = pid;
+            if (s->f_tail == NIL)
+                s->f_head = q;
+            else
+                g.qents[s->f_tail].next = q;
+            s->f_tail = q;
+            s->f_count++;
+        }
+        return NULL;
+    }
+    case MQX_SR_RECEIVED: {
+        uint16_t pid = rd_u16(&r);
+        if (r.bad || pid == 0) return "bad received record";
+        q = qe_new(NIL, 2, QE_RECEIVED);
+        if (q == NIL) return "more queued messages than max_queued_total";
+        g.qents[q].pid = pid;
+        g.qents[q].next = s->r_head;
+        s->r_head = q;
+        s->r_count++;
+        return NULL;
+    }
+    default:
+        return NULL; /* END; unknown types of a later minor change */
+    }
+}
+
+/* Walks the records of a snapshot: with count set, checks them and sizes
+ * the maps; else applies them. NULL, or what is wrong. */
+static const char *
+store_walk(struct store_ld *ld, const uint8_t *buf, size_t len, int count)
+{
+    size_t off = MQX_STORE_HDR;
+    uint32_t n = 0;
+    const char *err = NULL;
+
+    for (;;) {
+        struct mqx_store_rec rec;
+        enum mqx_rc rc = mqx_store_next(buf, len, &off, &rec, &err);
+        if (rc != MQX_DONE) return err;
+        if (rec.type == MQX_SR_END) {
+            struct rd r = {rec.body, rec.body + rec.len, 0};
+            if (rd_u32(&r) != n || r.bad) return "record count mismatch";
+            return off == len ? NULL : "bytes after the end record";
+        }
+        err = store_apply(ld, &rec, count);
+        if (err) return err;
+        n++;
+    }
+}
+
+/* Reads the snapshot at start-up; a missing file is an empty start. A
+ * damaged one stops the broker: die() names the file and the problem. */
+static void
+store_load(void)
+{
+    char path[2 * MQX_PATH_MAX + 8];
+    struct store_ld ld;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    uint16_t version;
+    uint32_t saved, i;
+    const char *err = NULL;
+    FILE *f;
+
+    store_path(path, sizeof path, "");
+    f = fopen(path, "rb");
+    if (!f) {
+        if (errno != ENOENT)
+            die("persistence file %s: %s", path, strerror(errno));
+        log_at(LOG_T_INFO, "No persistence file %s: starting empty.", path);
+        return;
+    }
+    for (;;) { /* read it all */
+        uint8_t *nb = realloc(buf, len + 65536);
+        size_t k;
+        if (!nb) die("persistence file %s: out of memory", path);
+        buf = nb;
+        k = fread(buf + len, 1, 65536, f);
+        len += k;
+        if (k < 65536) break;
+    }
+    fclose(f);
+    memset(&ld, 0, sizeof ld);
+    ld.path = path;
+    if (mqx_store_header(buf, len, &version, &saved, &err) != MQX_DONE ||
+        (err = store_walk(&ld, buf, len, 1)) != NULL)
+        die("persistence file %s: %s. The file is left as it is; move it "
+            "away to start without it.",
+            path, err);
+    ld.mid = malloc(sizeof(uint32_t) * (ld.n_mid + 1));
+    ld.sid = malloc(sizeof(uint32_t) * (ld.n_sid + 1));
+    if (!ld.mid || !ld.sid) die("persistence file %s: out of memory", path);
+    memset(ld.mid, 0xff, sizeof(uint32_t) * (ld.n_mid + 1));
+    memset(ld.sid, 0xff, sizeof(uint32_t) * (ld.n_sid + 1));
+    err = store_walk(&ld, buf, len, 0);
+    if (err)
+        die("persistence file %s: %s. The file is left as it is.", path, err);
+    for (i = 0; i < ld.n_mid; i++)
+        msg_unref(ld.mid[i]);
+    log_at(LOG_T_NOTICE,
+           "Loaded %u retained messages and %u sessions from %s (saved "
+           "%lld s ago).",
+           ld.n_ret, ld.n_sess, path, (long long)(time(NULL) - (time_t)saved));
+    free(ld.mid);
+    free(ld.sid);
+    free(buf);
+}
+
+/* Autosave: every autosave_interval seconds when something changed, or
+ * (autosave_on_changes) after that many changes. */
+static void
+store_tick(void)
+{
+    if (!g.cfg.persistence || !g.cfg.autosave_interval || !g.changes) return;
+    if (g.cfg.autosave_on_changes
+            ? g.changes >= (uint64_t)g.cfg.autosave_interval
+            : g.now >= g.next_save_ms) {
+        store_save();
+        g.next_save_ms = g.now + g.cfg.autosave_interval * 1000;
+    }
+}
+
 /* ==== [13] Connections: output, fill, close, reap, deadlines ==== */
 /* Owns g.conns and their pollfd slots (pfd[n_ls + i]). Output is encoded
  * into a store block held only while bytes are pending, then written with
@@ -4622,6 +5271,29 @@ conn_dirty(struct conn *c)
     if (c->flags & CF_DIRTY) return;
     c->flags |= CF_DIRTY;
     g.dirty[g.n_dirty++] = conn_idx(c);
+}
+
+/* Marks activity: the connection joins the hot set, which every wake-up
+ * polls; the others are polled at least every MQX_FULL_POLL_MS. */
+static void
+conn_touch(struct conn *c)
+{
+    c->active_ms = (uint32_t)g.now;
+    if (c->hot_pos != NIL) return;
+    c->hot_pos = g.n_hot;
+    g.hot[g.n_hot++] = conn_idx(c);
+}
+
+static void
+conn_unhot(struct conn *c)
+{
+    uint32_t last;
+
+    if (c->hot_pos == NIL) return;
+    last = g.hot[--g.n_hot];
+    g.hot[c->hot_pos] = last;
+    g.conns[last].hot_pos = c->hot_pos;
+    c->hot_pos = NIL;
 }
 
 static const char *
@@ -4793,9 +5465,11 @@ conn_fill(struct conn *c)
 {
     struct sess *s;
     int64_t window = g.cfg.max_inflight_messages;
+    int has_acl;
 
     if (c->state != CONN_ONLINE || c->sess == NIL) return;
     s = &g.sess[c->sess];
+    has_acl = auth_db(s->lsn)->has_acl;
     while (c->resend != NIL && c->tx_len < MQX_TX_BATCH) {
         struct qent *e = &g.qents[c->resend];
         if (e->state == QE_PUBCOMP) {
@@ -4813,6 +5487,17 @@ conn_fill(struct conn *c)
         struct qent *e = &g.qents[q];
         uint64_t bytes = g.msgs[e->msg].payload_len + g.msgs[e->msg].topic_len;
         if (e->qos > 0 && window > 0 && s->f_count >= (uint64_t)window) break;
+        if (has_acl && !acl_allows(c->sess, msg_topic(&g.msgs[e->msg]),
+                                   g.msgs[e->msg].topic_len, MQX_ACL_READ)) {
+            /* queued for a user who may read it; the session was resumed
+             * by one who may not (client ids are not owned by users) */
+            s->q_head = e->next;
+            if (s->q_head == NIL) s->q_tail = NIL;
+            s->q_count--;
+            s->q_bytes -= bytes;
+            qe_free(q);
+            continue;
+        }
         if (e->qos > 0) e->pid = sess_next_pid(s);
         if (conn_put_publish(c, e, 0)) break;
         s->q_head = e->next;
@@ -4865,6 +5550,7 @@ conn_reap(struct conn *c)
         (void)send(c->fd, c->tx + c->tx_off, c->tx_len - c->tx_off,
                    MSG_NOSIGNAL | MSG_DONTWAIT);
     st_free(c->tx);
+    if (c->rx) g.rx_bytes -= c->rx_cap;
     st_free(c->rx);
     st_free(c->pp_info);
     c->tx = c->rx = c->pp_info = NULL;
@@ -4878,6 +5564,7 @@ conn_reap(struct conn *c)
     pf->revents = 0;
     c->fd = -1;
     c->state = CONN_FREE;
+    conn_unhot(c);
     pool_give(&g.p_conn, ci);
 }
 
@@ -4901,6 +5588,7 @@ conn_flush_all(void)
             const struct sess *s = &g.sess[c->sess];
             conn_fill(c);
             if (!c->tx || (c->flags & CF_POLLOUT)) break;
+            conn_touch(c); /* a reply is likely: poll it closely */
             if (conn_write(c)) {
                 int n;
                 const char *id = conn_id(c, &n);
@@ -5270,6 +5958,7 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
     }
     mqx_mqtt_enc_connack(p, present, MQX_CONNACK_OK);
     g.sess[s].conn = ci;
+    if (!ck.clean || !g.sess[s].clean) g.changes++;
     g.sess[s].clean = ck.clean;
     g.sess[s].proto = ck.level;
     g.sess[s].expire_ms = 0;
@@ -5477,6 +6166,7 @@ handle_ack(struct conn *c, const struct mqx_packet *pk)
         return;
     }
     if (q == NIL) return; /* unknown id: ignore */
+    if (!s->clean) g.changes++;
     if (c->resend == q) c->resend = g.qents[q].next;
     s->f_count--;
     qe_free(q);
@@ -5664,6 +6354,8 @@ loop_parse(struct conn *c, const uint8_t *buf, size_t len)
         }
         if (handle_packet(c, &pk)) break; /* kept for later */
         off += used;
+        if (c->keepalive && c->state == CONN_ONLINE) /* [MQTT-3.1.2-24] */
+            c->deadline_ms = g.now + (int64_t)c->keepalive * 1500;
     }
     return off;
 }
@@ -5683,21 +6375,35 @@ loop_need(const uint8_t *p, size_t n)
 static void
 loop_keep(struct conn *c, const uint8_t *p, size_t n)
 {
-    size_t need = loop_need(p, n), cap = need > n ? need : n;
+    /* the block grows with what arrived (doubling), never to what a
+     * header merely announces: a client that announces a large packet and
+     * sends a few bytes holds a few bytes */
+    size_t need = loop_need(p, n), cap = n, old = c->rx ? c->rx_cap : 0;
     uint8_t *b;
 
     if (n == 0) {
+        g.rx_bytes -= old;
         st_free(c->rx);
         c->rx = NULL;
         c->rx_len = c->rx_cap = 0;
         return;
     }
+    if (need > n) cap = need < 2 * n ? need : 2 * n;
     if (c->rx && c->rx_cap >= cap) {
         memmove(c->rx, p, n);
         c->rx_len = (uint32_t)n;
         return;
     }
-    b = st_alloc(cap < MQX_STORE_MIN ? MQX_STORE_MIN : cap);
+    if (cap < MQX_STORE_MIN) cap = MQX_STORE_MIN;
+    /* policy: partial packets of all clients take at most a quarter of
+     * the store; past it, the client that wants more is disconnected */
+    if (g.rx_bytes - old + ((size_t)MQX_STORE_MIN << st_order(cap)) >
+        g.st.size / 4) {
+        conn_oom(c, "a partial packet (partial packets may use a quarter of "
+                    "the store)");
+        return;
+    }
+    b = st_alloc(cap);
     if (!b) {
         conn_oom(c, "a partial packet");
         return;
@@ -5708,6 +6414,7 @@ loop_keep(struct conn *c, const uint8_t *p, size_t n)
     c->rx = b;
     c->rx_len = (uint32_t)n;
     c->rx_cap = (uint32_t)st_block_size(b);
+    g.rx_bytes += c->rx_cap - old;
 }
 
 /* Parses what a throttled connection kept unread, now that the store has
@@ -5720,8 +6427,17 @@ loop_tail(struct conn *c)
     if (c->state != CONN_CLOSING) loop_keep(c, c->rx + used, c->rx_len - used);
 }
 
+static void loop_read_inner(struct conn *c);
+
 static void
 loop_read(struct conn *c)
+{
+    conn_touch(c);
+    loop_read_inner(c);
+}
+
+static void
+loop_read_inner(struct conn *c)
 {
     size_t have = c->rx_len, need = c->rx ? loop_need(c->rx, have) : 0;
     int big = need > MQX_SCRATCH / 2;
@@ -5775,9 +6491,6 @@ loop_read(struct conn *c)
         return;
     }
     g.bytes_rx += (uint64_t)n;
-    if (c->keepalive && c->state == CONN_ONLINE)
-        c->deadline_ms =
-            g.now + (int64_t)c->keepalive * 1500; /* [MQTT-3.1.2-24] */
     have += (size_t)n;
     used = c->state == CONN_PROXY ? loop_proxy(c, buf, have) : 0;
     if (c->state == CONN_CLOSING) return;
@@ -5857,6 +6570,19 @@ lsn_accept(struct lsock *ls)
         struct conn *c;
         char addr[MQX_ADDR_LEN];
 
+        if (fd < 0 && (errno == EMFILE || errno == ENFILE) && g.spare_fd >= 0) {
+            /* out of descriptors: the spare one lets us take the client
+             * and close it at once, instead of polling it forever */
+            close(g.spare_fd);
+            fd = accept(ls->fd, (struct sockaddr *)&sa, &sl);
+            if (fd >= 0) {
+                loop_addr(&sa, addr, sizeof addr, l->bind);
+                close(fd);
+                lsn_refuse_log(addr, "out of file descriptors");
+            }
+            g.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            continue;
+        }
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
                 errno != ECONNABORTED)
@@ -5900,7 +6626,7 @@ lsn_accept(struct lsock *ls)
         c->fd = fd;
         c->state = CONN_NEW;
         c->lsn = ls->lsn;
-        c->sess = c->will = c->resend = NIL;
+        c->sess = c->will = c->resend = c->hot_pos = NIL;
         c->deadline_ms = g.now + g.cfg.connect_timeout * 1000;
         memcpy(c->addr, addr, sizeof addr);
         if (l->proxy) {
@@ -5916,6 +6642,7 @@ lsn_accept(struct lsock *ls)
         }
         l->n_conns++;
         g.conns_total++;
+        conn_touch(c);
         if (l->proxy) /* M5: the line comes with the header (R51) */
             log_at(LOG_T_DEBUG,
                    "Connection from %s on port %u: waiting for "
@@ -6048,6 +6775,12 @@ sys_publish(void)
     sys_pub("$SYS/broker/proxy/local", "%llu", (unsigned long long)g.pp_local);
     sys_pub("$SYS/broker/proxy/untrusted", "%llu",
             (unsigned long long)g.pp_untrusted);
+    sys_pub("$SYS/broker/persistence/saves", "%llu",
+            (unsigned long long)g.store_saves);
+    sys_pub("$SYS/broker/persistence/failures", "%llu",
+            (unsigned long long)g.store_fails);
+    sys_pub("$SYS/broker/persistence/bytes", "%llu",
+            (unsigned long long)g.store_bytes);
     sys_pub("$SYS/broker/memory/budget", "%zu", g.arena_size);
     sys_pub("$SYS/broker/memory/store/used", "%zu", g.st.used);
     sys_pub("$SYS/broker/memory/store/size", "%zu", g.st.size);
@@ -6150,6 +6883,8 @@ loop_signal(int sig)
 
     if (sig == SIGHUP)
         g.sig_hup = 1;
+    else if (sig == SIGUSR1)
+        g.sig_save = 1; /* Mosquitto: write the database now */
     else
         g.sig_quit = 1;
     (void)write(g.wake[1], &b, 1);
@@ -6170,48 +6905,125 @@ loop_timeout(void)
 }
 
 /* The wake pipe sits after the listeners: pfd[n_ls - 1] is the pipe. */
+/* One connection's poll events. */
+static void
+loop_events(struct conn *c, short re)
+{
+    if (c->state == CONN_CLOSING || c->state == CONN_FREE) return;
+    if (re & POLLOUT) {
+        if (conn_write(c)) {
+            conn_close(c, CF_WILL | CF_QUIET);
+            return;
+        }
+        if (!(c->flags & CF_POLLOUT)) conn_dirty(c);
+    }
+    if (re & (POLLIN | POLLHUP | POLLERR)) loop_read(c);
+}
+
+static void
+loop_listeners(const struct pollfd *pfd)
+{
+    uint32_t i;
+
+    for (i = 0; i < g.n_ls; i++) {
+        if (!pfd[i].revents) continue;
+        if (g.ls[i].fd == g.wake[0]) {
+            char b[64];
+            while (read(g.wake[0], b, sizeof b) > 0)
+                ;
+        } else {
+            lsn_accept(&g.ls[i]);
+        }
+    }
+}
+
+/* Quiet connections leave the hot set (those waiting to write stay). */
+static void
+loop_hot_prune(void)
+{
+    uint32_t i = 0;
+
+    while (i < g.n_hot) {
+        struct conn *c = &g.conns[g.hot[i]];
+        if (!(c->flags & CF_POLLOUT) &&
+            (uint32_t)g.now - c->active_ms > MQX_HOT_MS)
+            conn_unhot(c); /* the last entry moves to i */
+        else
+            i++;
+    }
+}
+
+/* The compact array of a hot poll: listeners, then the hot connections in
+ * g.hot's order. Returns its length. */
+static uint32_t
+loop_hot_set(void)
+{
+    uint32_t i, n = g.n_ls;
+
+    memcpy(g.hpfd, g.pfd, g.n_ls * sizeof *g.pfd);
+    for (i = 0; i < g.n_hot; i++) {
+        g.hpfd[n] = g.pfd[g.n_ls + g.hot[i]];
+        g.hpfd[n++].revents = 0;
+    }
+    return n;
+}
+
+/* Each wake-up polls either every slot (at least every MQX_FULL_POLL_MS,
+ * and when most connections are active), or only the listeners and the
+ * connections active in the last MQX_HOT_MS: the kernel's poll() costs
+ * per descriptor, and thousands of idle clients must not slow the busy
+ * ones. An idle client's first packet waits at most MQX_FULL_POLL_MS. */
 static __attribute__((noinline)) void
 loop_run(void)
 {
     while (!g.sig_quit) {
-        uint32_t i;
-        int n = poll(g.pfd, g.n_pfd, loop_timeout());
+        uint32_t i, nh = 0;
+        int full, timeout = loop_timeout(), n;
 
+        if (g.now >= g.next_prune_ms) {
+            loop_hot_prune();
+            g.next_prune_ms = g.now + MQX_FULL_POLL_MS;
+        }
+        full = g.now >= g.next_full_ms || g.n_hot * 2 >= g.conn_hwm;
+
+        if (full) {
+            n = poll(g.pfd, g.n_pfd, timeout);
+        } else {
+            int64_t left = g.next_full_ms - g.now;
+            nh = loop_hot_set();
+            n = poll(g.hpfd, nh, timeout < left ? timeout : (int)left);
+        }
         if (n < 0 && errno != EINTR) {
             log_sys(LOG_T_ERR, "poll");
             break;
         }
         g.now = now_ms();
+        if (full) /* a full poll costs per slot: space them out with size */
+            g.next_full_ms = g.now + MQX_FULL_POLL_MS + g.n_pfd / 200;
         if (g.sig_hup) {
             g.sig_hup = 0;
             loop_reload();
         }
-        if (n > 0) {
-            for (i = 0; i < g.n_ls; i++) {
-                if (!g.pfd[i].revents) continue;
-                if (g.ls[i].fd == g.wake[0]) {
-                    char b[64];
-                    while (read(g.wake[0], b, sizeof b) > 0)
-                        ;
-                } else {
-                    lsn_accept(&g.ls[i]);
-                }
-            }
+        if (g.sig_save) {
+            g.sig_save = 0;
+            if (g.cfg.persistence) store_save();
+        }
+        if (n > 0 && full) {
+            loop_listeners(g.pfd);
             for (i = 0; i < g.conn_hwm; i++) {
                 struct pollfd *pf = &g.pfd[g.n_ls + i];
-                struct conn *c = &g.conns[i];
                 short re = pf->revents;
                 if (!re || pf->fd < 0) continue;
                 pf->revents = 0;
-                if (c->state == CONN_CLOSING) continue;
-                if (re & POLLOUT) {
-                    if (conn_write(c)) {
-                        conn_close(c, CF_WILL | CF_QUIET);
-                        continue;
-                    }
-                    if (!(c->flags & CF_POLLOUT)) conn_dirty(c);
-                }
-                if (re & (POLLIN | POLLHUP | POLLERR)) loop_read(c);
+                loop_events(&g.conns[i], re);
+            }
+        } else if (n > 0) {
+            loop_listeners(g.hpfd);
+            for (i = g.n_ls; i < nh; i++) {
+                short re = g.hpfd[i].revents;
+                if (!re) continue;
+                /* the slot of this fd: hot entries keep their order */
+                loop_events(&g.conns[g.hot[i - g.n_ls]], re);
             }
         }
         if (g.now >= g.next_scan_ms) {
@@ -6222,6 +7034,7 @@ loop_run(void)
             sys_publish();
             g.next_sys_ms = g.now + g.cfg.sys_interval * 1000;
         }
+        store_tick();
         conn_flush_all();
         loop_unthrottle();
     }
@@ -6338,7 +7151,9 @@ arena_plan(int take, char *line, size_t cap)
 #define PLAN(n, sz) (total += align_up((size_t)((n) * (sz)), 16))
     PLAN(conns, sizeof(struct conn) + 8);
     PLAN(MQX_MAX_LSOCKS + conns, sizeof(struct pollfd));
-    PLAN(conns, sizeof(uint32_t)); /* dirty list */
+    PLAN(conns, sizeof(uint32_t));                       /* dirty list */
+    PLAN(conns, sizeof(uint32_t));                       /* hot list */
+    PLAN(MQX_MAX_LSOCKS + conns, sizeof(struct pollfd)); /* hot poll */
     PLAN(sess, sizeof(struct sess) + 8);
     PLAN(sess, sizeof(uint32_t)); /* match list */
     PLAN(subs, sizeof(struct sub) + 8);
@@ -6348,6 +7163,7 @@ arena_plan(int take, char *line, size_t cap)
     PLAN(ht, sizeof(uint32_t));
     PLAN(sht, sizeof(uint32_t));
     PLAN(1, MQX_SCRATCH);
+    PLAN((msgs + 7) / 8, 1); /* snapshot marks */
     PLAN(store / MQX_STORE_MIN, 1);
     PLAN(store, 1);
     total += (size_t)16 * 16; /* alignment slack of the pools */
@@ -6375,6 +7191,9 @@ arena_plan(int take, char *line, size_t cap)
     g.pfd =
         arena_take((size_t)(MQX_MAX_LSOCKS + conns) * sizeof(struct pollfd));
     g.dirty = arena_take((size_t)conns * sizeof(uint32_t));
+    g.hot = arena_take((size_t)conns * sizeof(uint32_t));
+    g.hpfd =
+        arena_take((size_t)(MQX_MAX_LSOCKS + conns) * sizeof(struct pollfd));
     g.sess = arena_take((size_t)sess * sizeof(struct sess));
     pool_init(&g.p_sess, "sessions", g.sess, sizeof(struct sess),
               (uint32_t)sess);
@@ -6397,6 +7216,7 @@ arena_plan(int take, char *line, size_t cap)
     g.sess_ht_mask = (uint32_t)sht - 1;
     memset(g.sess_ht, 0xff, (size_t)sht * sizeof(uint32_t));
     g.scratch = arena_take(MQX_SCRATCH);
+    g.pmark = arena_take((size_t)(msgs + 7) / 8);
     {
         uint8_t *base;
         /* the tag array is taken inside st_init, the region here */
@@ -6506,15 +7326,27 @@ passwd_prompt(char *buf, size_t cap)
     int tty = isatty(0);
     size_t n;
 
+    struct termios old, quiet;
+    int echo_off = 0;
+
+    if (tty && tcgetattr(0, &old) == 0) {
+        quiet = old;
+        quiet.c_lflag &= (tcflag_t)~ECHO;
+        echo_off = tcsetattr(0, TCSAFLUSH, &quiet) == 0;
+    }
     if (tty) fprintf(stderr, "Password: ");
-    if (!fgets(buf, (int)cap, in)) return -1;
+    if (!fgets(buf, (int)cap, in)) buf[0] = '\0', tty = -1;
     n = strcspn(buf, "\r\n");
     buf[n] = '\0';
+    if (tty == 1) {
+        fprintf(stderr, "\nReenter password: ");
+        if (!fgets(again, sizeof again, in)) again[0] = '\1';
+        again[strcspn(again, "\r\n")] = '\0';
+        fprintf(stderr, "\n");
+    }
+    if (echo_off) (void)tcsetattr(0, TCSAFLUSH, &old);
+    if (tty < 0) return -1;
     if (!tty) return 0;
-    fprintf(stderr, "\nReenter password: ");
-    if (!fgets(again, sizeof again, in)) return -1;
-    again[strcspn(again, "\r\n")] = '\0';
-    fprintf(stderr, "\n");
     if (strcmp(buf, again) != 0) {
         fprintf(stderr, "Error: Passwords do not match.\n");
         return -1;
@@ -6708,9 +7540,11 @@ main(int argc, char **argv)
     arena_plan(1, budget, sizeof budget);
     tree_init();
     log_at(LOG_T_INFO, "%s", budget);
+    if (g.cfg.persistence) store_load();
     for (li = 0; li < g.cfg.n_lsn; li++)
         lsn_open((uint8_t)li);
     if (pipe(g.wake) < 0) die("pipe: %s", strerror(errno));
+    g.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     (void)fcntl(g.wake[0], F_SETFL, O_NONBLOCK);
     (void)fcntl(g.wake[1], F_SETFL, O_NONBLOCK);
     g.ls[g.n_ls].fd = g.wake[0];
@@ -6729,6 +7563,7 @@ main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     drop_privileges();
     if (daemonize && daemon(0, 0) < 0) die("daemon: %s", strerror(errno));
@@ -6740,6 +7575,7 @@ main(int argc, char **argv)
     }
     g.next_scan_ms = g.now + MQX_SCAN_MS;
     g.next_sys_ms = g.now;
+    g.next_save_ms = g.now + g.cfg.autosave_interval * 1000;
     {
         char where[512];
         size_t off = 0;
@@ -6760,6 +7596,8 @@ main(int argc, char **argv)
                MQX_VERSION, where);
     }
     loop_run();
+    g.now = now_ms();
+    if (g.cfg.persistence) store_save(); /* a clean stop loses nothing */
     log_at(LOG_T_NOTICE, "mqttpx version %s terminating", MQX_VERSION);
     for (li = 0; li < g.cfg.n_lsn; li++)
         if (g.cfg.lsn[li].is_unix) (void)unlink(g.cfg.lsn[li].bind);

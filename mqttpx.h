@@ -311,6 +311,36 @@ enum mqx_rc mqx_acl_line(const char *s, size_t n, struct mqx_aclline *out);
 int mqx_acl_subst(const uint8_t *pat, size_t n, struct mqx_str user,
                   struct mqx_str id, uint8_t *out, size_t cap, size_t *len);
 
+/* ---- persistence [12] ---- */
+/* A snapshot: "MQXSTORE", version (u16), flags (u16), save time (u32,
+ * Unix seconds), then records: type (u8), length (u32), body, CRC32C
+ * (u32) of type, length and body; the last record is MQX_SR_END. All
+ * integers big endian: files move between byte orders. */
+#define MQX_STORE_VERSION 1
+#define MQX_STORE_HDR     16
+
+enum mqx_store_type {
+    MQX_SR_MSG = 1,      /* mid, qos, retain, topic (str16), payload */
+    MQX_SR_RETAIN = 2,   /* mid */
+    MQX_SR_SESS = 3,     /* sid, next pid, flags, expiry, id, user */
+    MQX_SR_SUB = 4,      /* sid, qos, filter (str16) */
+    MQX_SR_QUEUE = 5,    /* sid, mid, qos, retain */
+    MQX_SR_INFLIGHT = 6, /* sid, mid (or none), pid, qos, state */
+    MQX_SR_RECEIVED = 7, /* sid, pid */
+    MQX_SR_END = 255,    /* number of records before it */
+};
+
+struct mqx_store_rec {
+    uint8_t type;
+    const uint8_t *body;
+    uint32_t len;
+};
+
+enum mqx_rc mqx_store_header(const uint8_t *buf, size_t len, uint16_t *version,
+                             uint32_t *saved, const char **err);
+enum mqx_rc mqx_store_next(const uint8_t *buf, size_t len, size_t *off,
+                           struct mqx_store_rec *r, const char **err);
+
 /* ---- topics [8] ---- */
 int mqx_utf8_valid(const uint8_t *p, size_t n);
 int mqx_topic_valid(const uint8_t *p, size_t n);

@@ -1,0 +1,230 @@
+"""persistence true: retained messages and persistent sessions survive a
+restart (SIGTERM: nothing lost) and a crash (kill -9: the state of the last
+snapshot); damaged files stop the start and are left as they are; a
+failed save keeps the previous file."""
+
+import os
+import signal
+
+import pytest
+
+import mqttwire as w
+from conftest import run_mqttpx
+
+BASE = ("listener {port} 127.0.0.1\nallow_anonymous true\nsys_interval 0\n"
+        "persistence true\npersistence_location {dir}/\n")
+
+
+def _sync(c):
+    """PINGREQ/PINGRESP: everything sent before is processed."""
+    c.send(w.packet(0xC0, b""))
+    assert w.next_of(c, w.PINGRESP).raw == bytes([0xD0, 0])
+
+
+def _restart(broker, b, extra=""):
+    assert b.stop() == 0
+    return broker(conf=BASE + extra, port=b.port, name=b.name + "r")
+
+
+def _db(broker):
+    return os.path.join(broker.dir, "mqttpx.db")
+
+
+def test_restart_keeps_retained_sessions_and_queues(broker):
+    b = broker(conf=BASE)
+    s = w.open_client(b.port, "keeper", clean=False)
+    assert w.sub(s, 1, [("q/#", 2), ("other", 1)]) == [2, 1]
+    s.send(w.packet(0xE0, b""))
+    s.expect_closed()
+    p = w.open_client(b.port, "pub")
+    w.pub(p, "r/1", b"kept", qos=1, retain=True, pid=1)
+    for i, q in enumerate((1, 2, 1, 2)):
+        w.pub(p, "q/%d" % i, b"m%d" % i, qos=q, pid=10 + i)
+    p.close()
+    b = _restart(broker, b)
+    b.wait_log("Loaded 1 retained messages and 1 sessions")
+    s = w.open_client(b.port, "keeper", clean=False, present=True)
+    got = [w.recv_pub(s) for _ in range(4)]
+    assert [(x.topic, x.payload, x.qos) for x in got] == [
+        ("q/0", b"m0", 1), ("q/1", b"m1", 2), ("q/2", b"m2", 1),
+        ("q/3", b"m3", 2)]
+    s.expect_silence(0.3)
+    # the subscriptions came back too, and the retained message
+    r = w.open_client(b.port, "r")
+    w.sub(r, 1, [("r/#", 1)])
+    m = w.recv_pub(r)
+    assert m.retain and m.payload == b"kept"
+    p = w.open_client(b.port, "pub2")
+    w.pub(p, "other", b"x", qos=1)
+    assert w.recv_pub(s).topic == "other"
+
+
+def test_inflight_keeps_packet_ids_and_pubrel(broker):
+    # [MQTT-4.4.0-1] after the restart, unacknowledged PUBLISH is sent
+    # again with DUP and its packet id, and PUBREL for a PUBREC'd one
+    b = broker(conf=BASE)
+    s = w.open_client(b.port, "inf", clean=False)
+    w.sub(s, 1, [("a", 1), ("b", 2)])
+    p = w.open_client(b.port, "pub")
+    w.pub(p, "a", b"one", qos=1, pid=1)
+    w.pub(p, "b", b"two", qos=2, pid=2)
+    m1 = w.recv_pub(s, ack=False)
+    m2 = w.recv_pub(s, ack=False)
+    assert (m1.topic, m2.topic) == ("a", "b")
+    s.send(w.pubrec(m2.pid))
+    rel = w.next_of(s, w.PUBREL)
+    assert rel.pid == m2.pid
+    s.close()
+    b = _restart(broker, b)
+    s = w.open_client(b.port, "inf", clean=False, present=True)
+    again = s.recv_packet()
+    assert again.type == w.PUBLISH and again.dup and again.pid == m1.pid
+    assert again.payload == b"one"
+    rel = s.recv_packet()
+    assert rel.raw == w.pubrel(m2.pid)
+    s.send(w.puback(m1.pid) + w.pubcomp(m2.pid))
+    s.expect_silence(0.3)
+
+
+def test_qos2_received_id_survives_exactly_once(broker):
+    # a QoS 2 PUBLISH acknowledged with PUBREC before the restart is not
+    # delivered again when its sender repeats it afterwards [MQTT-4.3.3-2]
+    b = broker(conf=BASE)
+    sub = w.open_client(b.port, "sub", clean=False)
+    w.sub(sub, 1, [("x", 2)])
+    p = w.open_client(b.port, "pubq2", clean=False)
+    p.send(w.publish("x", b"once", qos=2, pid=7))
+    assert w.next_of(p, w.PUBREC).raw == w.pubrec(7)
+    got = w.recv_pub(sub)
+    assert got.payload == b"once"
+    _sync(sub)
+    sub.close()
+    p.close()
+    b = _restart(broker, b)
+    p = w.open_client(b.port, "pubq2", clean=False, present=True)
+    p.send(w.publish("x", b"once", qos=2, pid=7, dup=True))
+    assert w.next_of(p, w.PUBREC).raw == w.pubrec(7)
+    p.send(w.pubrel(7))
+    assert w.next_of(p, w.PUBCOMP).raw == w.pubcomp(7)
+    w.pub(p, "x", b"fence", qos=2, pid=8)
+    sub = w.open_client(b.port, "sub", clean=False, present=True)
+    assert w.collect_until(sub, "x", b"fence") == []
+
+
+def test_kill9_restores_last_snapshot(broker):
+    # a crash loses what came after the last snapshot (snapshot mode), keeps
+    # what came before, and what a subscriber had acknowledged before the
+    # snapshot is not delivered again; SIGUSR1 writes one now (Mosquitto)
+    b = broker(conf=BASE + "autosave_interval 3600\n")
+    s = w.open_client(b.port, "acker", clean=False)
+    w.sub(s, 1, [("k/#", 1)])
+    p = w.open_client(b.port, "pub")
+    for i in range(3):
+        w.pub(p, "k/%d" % i, b"v%d" % i, qos=1, retain=True, pid=1 + i)
+        assert w.recv_pub(s).payload == b"v%d" % i  # acknowledged
+    _sync(s)
+    s.close()
+    mark = b.mark()
+    b.send_signal(signal.SIGUSR1)
+    b.wait_log("Saving in-memory database", since=mark)
+    w.pub(p, "k/9", b"after", qos=1, retain=True, pid=9)  # not saved
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait(5)
+    b.expect_exit = True
+    b2 = broker(conf=BASE, port=b.port, name="after-kill")
+    b2.wait_log("Loaded 3 retained messages and 1 sessions")
+    s = w.open_client(b2.port, "acker", clean=False, present=True)
+    s.expect_silence(0.3)  # nothing it had acknowledged comes back
+    r = w.open_client(b2.port, "r")
+    w.sub(r, 1, [("k/#", 0)])
+    assert sorted(w.recv_pub(r).payload for _ in range(3)) == \
+        [b"v0", b"v1", b"v2"]
+    r.expect_silence(0.3)
+
+
+def test_autosave_on_changes(broker):
+    b = broker(conf=BASE + "autosave_on_changes true\nautosave_interval 3\n")
+    p = w.open_client(b.port, "pub")
+    mark = b.mark()
+    for i in range(3):
+        w.pub(p, "c/%d" % i, b"x", qos=1, retain=True, pid=1 + i)
+    b.wait_log("Saving in-memory database", since=mark)
+    assert os.path.exists(_db(broker))
+
+
+def test_autosave_interval_only_when_changed(broker):
+    b = broker(conf=BASE + "autosave_interval 1\n")
+    p = w.open_client(b.port, "pub")
+    mark = b.mark()
+    w.pub(p, "t/1", b"x", qos=1, retain=True)
+    b.wait_log("Saving in-memory database", since=mark, timeout=4)
+    mark = b.mark()
+    w.pub(p, "t/2", b"no retain, no session", qos=0)
+    with pytest.raises(AssertionError):  # nothing changed: no write
+        b.wait_log("Saving in-memory database", since=mark, timeout=2.5)
+
+
+def _damaged(broker, mutate):
+    b = broker(conf=BASE)
+    p = w.open_client(b.port, "pub")
+    w.pub(p, "r/1", b"kept", qos=1, retain=True)
+    p.close()
+    assert b.stop() == 0
+    path = _db(broker)
+    data = open(path, "rb").read()
+    bad = mutate(data)
+    with open(path, "wb") as f:
+        f.write(bad)
+    conf = os.path.join(broker.dir, "damaged.conf")
+    with open(conf, "w") as f:
+        f.write(BASE.replace("{port}", str(b.port)).replace("{dir}",
+                                                            broker.dir))
+    r = run_mqttpx(["-c", conf])
+    assert r.returncode != 0
+    assert open(path, "rb").read() == bad  # left as it is
+    return r.out
+
+
+@pytest.mark.parametrize("name,mutate,why", [
+    ("truncated", lambda d: d[:-10], "truncated"),
+    ("bitflip", lambda d: d[:40] + bytes([d[40] ^ 0x10]) + d[41:],
+     "checksum mismatch"),
+    ("empty", lambda d: b"", "truncated: no complete header"),
+    ("future", lambda d: d[:8] + b"\x00\x63" + d[10:], "newer mqttpx"),
+    ("garbage", lambda d: b"not a snapshot at all", "not an mqttpx"),
+])
+def test_damaged_file_refused(broker, name, mutate, why):
+    out = _damaged(broker, mutate)
+    assert "Error: persistence file %s: " % _db(broker) in out
+    assert why in out
+    assert "left as it is" in out
+
+
+def test_full_disk_keeps_previous_file(broker):
+    b = broker(conf=BASE)
+    p = w.open_client(b.port, "pub")
+    w.pub(p, "r/1", b"first", qos=1, retain=True)
+    p.close()
+    b = _restart(broker, b)  # the first snapshot is on disk
+    good = open(_db(broker), "rb").read()
+    os.symlink("/dev/full", _db(broker) + ".tmp")  # every write: ENOSPC
+    p = w.open_client(b.port, "pub")
+    w.pub(p, "r/1", b"second", qos=1, retain=True)
+    mark = b.mark()
+    assert b.stop() == 0
+    line = b.find("Error saving in-memory database", since=mark)
+    assert line and "the previous file is kept" in line[0]
+    assert "No space left on device" in line[0]
+    assert open(_db(broker), "rb").read() == good
+    b = broker(conf=BASE, port=b.port, name="after-full")
+    r = w.open_client(b.port, "r")
+    w.sub(r, 1, [("r/1", 0)])
+    assert w.recv_pub(r).payload == b"first"
+
+
+def test_persistence_off_writes_nothing(broker):
+    b = broker()
+    p = w.open_client(b.port, "pub")
+    w.pub(p, "r/1", b"x", qos=1, retain=True)
+    assert b.stop() == 0
+    assert not os.path.exists(os.path.join(broker.dir, "mqttpx.db"))
