@@ -41,6 +41,56 @@ tests/unit: tests/unit.c mqttpx.c mqttpx.h
 	$(CC) -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(SAN) $(DEFS) \
 	    -o $@ tests/unit.c $(TLSLIBS)
 
+# ---- PROXY vectors, fuzz targets, corpus replay ---------------------------
+# The spec's test vectors (CI: a read-only shared/ beside the repository).
+VECTORS   ?= ../shared/spec/proxy-vectors.json
+FUZZ_TIME ?= 60
+
+# tests/proxy_vectors.h and tests/corpus/proxy/ come from the JSON
+tests/proxy_vectors.h: tests/gen_proxy_vectors.py $(wildcard $(VECTORS))
+	@if [ -f $(VECTORS) ]; then $(PY) tests/gen_proxy_vectors.py $(VECTORS); \
+	else echo "$(VECTORS) not found: keeping $@"; touch $@; fi
+
+tests/unit-proxy: tests/unit_proxy.c tests/proxy_vectors.h mqttpx.c mqttpx.h
+	$(CC) -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(SAN) $(DEFS) \
+	    -o $@ tests/unit_proxy.c $(TLSLIBS)
+
+unit-proxy: tests/unit-proxy
+	./tests/unit-proxy
+
+# libFuzzer targets (clang)
+tests/fuzz_proxy.bin tests/fuzz_mqtt.bin: tests/fuzz_%.bin: tests/fuzz_%.c \
+    mqttpx.c mqttpx.h
+	clang -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(DEFS) \
+	    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	    -o $@ $< $(TLSLIBS)
+
+# the same targets behind a plain main() that replays files (gcc + SAN)
+tests/fuzz_proxy_replay.bin tests/fuzz_mqtt_replay.bin: \
+    tests/fuzz_%_replay.bin: tests/fuzz_replay.c tests/fuzz_%.c mqttpx.c mqttpx.h
+	$(CC) -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(SAN) $(DEFS) \
+	    -o $@ tests/fuzz_replay.c tests/fuzz_$*.c $(TLSLIBS)
+
+fuzz-replay: tests/fuzz_proxy_replay.bin tests/fuzz_mqtt_replay.bin
+	./tests/fuzz_proxy_replay.bin tests/corpus/proxy
+	./tests/fuzz_mqtt_replay.bin tests/corpus/mqtt
+
+# $(FUZZ_TIME) s per target; what it learns stays in .cache/fuzz/; a crasher
+# is written to .cache/fuzz/crash-*: add it to tests/corpus/<target>/
+fuzz: tests/fuzz_proxy.bin tests/fuzz_mqtt.bin
+	mkdir -p .cache/fuzz/proxy .cache/fuzz/mqtt
+	./tests/fuzz_proxy.bin .cache/fuzz/proxy tests/corpus/proxy \
+	    -max_total_time=$(FUZZ_TIME) -max_len=4200 \
+	    -artifact_prefix=.cache/fuzz/crash-proxy-
+	./tests/fuzz_mqtt.bin .cache/fuzz/mqtt tests/corpus/mqtt \
+	    -max_total_time=$(FUZZ_TIME) -artifact_prefix=.cache/fuzz/crash-mqtt-
+
+# side-by-side with Debian's mosquitto (tests/bench/README.md)
+bench: mqttpx
+	$(CC) -O2 -std=c11 -Wall -Wextra -o tests/bench/mqttpx-bench \
+	    tests/bench/mqttpx-bench.c
+	$(PY) tests/bench/run.py
+
 run: mqttpx
 	./mqttpx -c config.example
 
@@ -73,6 +123,8 @@ test: deps
 	$(MAKE) TLS=0 mqttpx-tls0-check
 	$(MAKE) lint
 	$(MAKE) unit
+	$(MAKE) unit-proxy
+	$(MAKE) fuzz-replay
 	$(MAKE) bb
 	$(MAKE) bb-san
 	$(MAKE) openwrt-check
@@ -125,7 +177,9 @@ fmt:
 	clang-format -i mqttpx.c mqttpx.h tests/*.c
 
 clean:
-	rm -f mqttpx mqttpx-san mqttpx-tls0 mqttpx-clang tests/unit
+	rm -f mqttpx mqttpx-san mqttpx-tls0 mqttpx-clang tests/unit tests/unit-proxy \
+	    tests/fuzz_*.bin
 
-.PHONY: all run deps unit bb bb-san lint mqttpx-clang-check test install fmt clean mqttpx-tls0-check cross size \
+.PHONY: all run deps unit unit-proxy fuzz fuzz-replay bench bb bb-san lint \
+        mqttpx-clang-check test install fmt clean mqttpx-tls0-check cross size \
         openwrt-check
