@@ -7067,6 +7067,12 @@ lsn_open(uint8_t li)
         g.ls[g.n_ls].fd = fd;
         g.ls[g.n_ls++].lsn = li;
         log_at(LOG_T_NOTICE, "Opening unix listen socket on %s.", l->bind);
+        if (l->n_trusted) /* R11 */
+            log_at(LOG_T_WARN,
+                   "listener %s: proxy_protocol_trusted_sources does not "
+                   "apply to unix sockets; the socket's permissions decide "
+                   "who may connect",
+                   l->bind);
         return;
     }
     memset(&hints, 0, sizeof hints);
@@ -7111,6 +7117,12 @@ lsn_open(uint8_t li)
                "proxy_protocol_trusted_sources; any host that can reach this "
                "port can forge client addresses and TLS identity",
                l->port);
+    for (uint32_t t = 0; t < l->n_trusted; t++)
+        if (l->trusted[t].loose) /* as nginx: say so, use the network */
+            log_at(LOG_T_WARN,
+                   "listener %u: proxy_protocol_trusted_sources entry %u has "
+                   "host bits set; they are ignored",
+                   l->port, t + 1);
     if (l->proxy && l->proxy_timeout < 3) /* R7 */
         log_at(LOG_T_WARN,
                "listener %u: proxy_protocol_timeout %lld s is below 3 s, "

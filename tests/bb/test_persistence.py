@@ -228,3 +228,21 @@ def test_persistence_off_writes_nothing(broker):
     w.pub(p, "r/1", b"x", qos=1, retain=True)
     assert b.stop() == 0
     assert not os.path.exists(os.path.join(broker.dir, "mqttpx.db"))
+
+
+def test_clean_shutdown_sends_no_will_and_keeps_it_out(broker):
+    # a clean stop is not a client failure: the will of a connected client
+    # is not published, neither then nor after the restart
+    b = broker(conf=BASE)
+    s = w.open_client(b.port, "watcher", clean=False)
+    w.sub(s, 1, [("wills/#", 1)])
+    s.send(w.packet(0xE0, b""))
+    s.expect_closed()
+    willy = w.open_client(b.port, "willy",
+                          will=("wills/willy", b"gone", 1, False))
+    b = _restart(broker, b)
+    willy.close()
+    s = w.open_client(b.port, "watcher", clean=False, present=True)
+    p = w.open_client(b.port, "fence")
+    w.pub(p, "wills/fence", b"f", qos=1)
+    assert w.collect_until(s, "wills/fence") == []
