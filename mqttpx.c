@@ -4275,6 +4275,49 @@ qe_unlink(uint32_t *head, uint32_t *tail, uint16_t pid, uint8_t state)
     return NIL;
 }
 
+static uint64_t
+qe_bytes(uint32_t q)
+{
+    const struct msg *m = &g.msgs[g.qents[q].msg];
+
+    return (uint64_t)m->payload_len + m->topic_len;
+}
+
+/* Appends a delivery to a session's queue (queued) or inflight list. */
+static void
+sess_append(struct sess *s, uint32_t q, int inflight)
+{
+    uint32_t *head = inflight ? &s->f_head : &s->q_head;
+    uint32_t *tail = inflight ? &s->f_tail : &s->q_tail;
+
+    g.qents[q].next = NIL;
+    if (*tail == NIL)
+        *head = q;
+    else
+        g.qents[*tail].next = q;
+    *tail = q;
+    if (inflight) {
+        s->f_count++;
+    } else {
+        s->q_count++;
+        s->q_bytes += qe_bytes(q);
+    }
+}
+
+/* Takes the first queued delivery off a session's queue. */
+static uint32_t
+sess_pop(struct sess *s)
+{
+    uint32_t q = s->q_head;
+
+    s->q_head = g.qents[q].next;
+    if (s->q_head == NIL) s->q_tail = NIL;
+    s->q_count--;
+    s->q_bytes -= qe_bytes(q);
+    g.qents[q].next = NIL;
+    return q;
+}
+
 static uint32_t
 qe_find(uint32_t head, uint16_t pid)
 {
@@ -4422,13 +4465,7 @@ sess_enqueue(uint32_t si, uint32_t m, uint8_t qos, uint8_t retain)
         return;
     }
     g.qents[q].retain = retain;
-    if (s->q_tail == NIL)
-        s->q_head = q;
-    else
-        g.qents[s->q_tail].next = q;
-    s->q_tail = q;
-    s->q_count++;
-    s->q_bytes += bytes;
+    sess_append(s, q, 0);
     if (!s->clean) g.changes++;
     if (c) conn_dirty(c);
 }
@@ -5114,25 +5151,11 @@ store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
         q = qe_new(m == NIL ? NIL : ld->mid[m], qos,
                    rec->type == MQX_SR_QUEUE ? QE_QUEUED : st);
         if (q == NIL) return "more queued messages than max_queued_total";
-        if (rec->type == MQX_SR_QUEUE) {
-            const struct msg *mm = &g.msgs[ld->mid[m]];
+        if (rec->type == MQX_SR_QUEUE)
             g.qents[q].retain = st;
-            if (s->q_tail == NIL)
-                s->q_head = q;
-            else
-                g.qents[s->q_tail].next = q;
-            s->q_tail = q;
-            s->q_count++;
-            s->q_bytes += mm->payload_len + mm->topic_len;
-        } else {
+        else
             g.qents[q].pid = pid;
-            if (s->f_tail == NIL)
-                s->f_head = q;
-            else
-                g.qents[s->f_tail].next = q;
-            s->f_tail = q;
-            s->f_count++;
-        }
+        sess_append(s, q, rec->type == MQX_SR_INFLIGHT);
         return NULL;
     }
     case MQX_SR_RECEIVED: {
@@ -5485,37 +5508,23 @@ conn_fill(struct conn *c)
     while (s->q_head != NIL && c->tx_len - c->tx_off < MQX_TX_BATCH) {
         uint32_t q = s->q_head;
         struct qent *e = &g.qents[q];
-        uint64_t bytes = g.msgs[e->msg].payload_len + g.msgs[e->msg].topic_len;
         if (e->qos > 0 && window > 0 && s->f_count >= (uint64_t)window) break;
         if (has_acl && !acl_allows(c->sess, msg_topic(&g.msgs[e->msg]),
                                    g.msgs[e->msg].topic_len, MQX_ACL_READ)) {
             /* queued for a user who may read it; the session was resumed
              * by one who may not (client ids are not owned by users) */
-            s->q_head = e->next;
-            if (s->q_head == NIL) s->q_tail = NIL;
-            s->q_count--;
-            s->q_bytes -= bytes;
-            qe_free(q);
+            qe_free(sess_pop(s));
             continue;
         }
         if (e->qos > 0) e->pid = sess_next_pid(s);
         if (conn_put_publish(c, e, 0)) break;
-        s->q_head = e->next;
-        if (s->q_head == NIL) s->q_tail = NIL;
-        s->q_count--;
-        s->q_bytes -= bytes;
-        e->next = NIL;
+        sess_pop(s);
         if (e->qos == 0) {
             qe_free(q);
             continue;
         }
         e->state = e->qos == 1 ? QE_PUBACK : QE_PUBREC;
-        if (s->f_tail == NIL)
-            s->f_head = q;
-        else
-            g.qents[s->f_tail].next = q;
-        s->f_tail = q;
-        s->f_count++;
+        sess_append(s, q, 1);
     }
 out:
     if (!c->tx &&
