@@ -188,6 +188,7 @@ struct cfg {
     int64_t persistence;
     int64_t autosave_interval;
     int64_t autosave_on_changes;
+    int64_t persistence_journal;
     char persistence_location[MQX_PATH_MAX];
     char persistence_file[MQX_PATH_MAX];
     unsigned log_dest;
@@ -198,6 +199,15 @@ struct cfg {
     char pid_file[MQX_PATH_MAX];
     char user[64];
     char err[512]; /* the error of a failed parse */
+};
+
+/* A buffered writer of store records [12]: snapshot and journal. */
+struct sw {
+    int fd, err; /* err: errno of the first failure */
+    uint8_t *buf;
+    size_t n, cap;
+    uint32_t crc, count;
+    uint64_t bytes;
 };
 
 /* Where the configuration comes from, kept for SIGHUP. */
@@ -397,7 +407,14 @@ struct broker {
     /* R57 */
     uint64_t pp_accepted, pp_rejected, pp_timeout, pp_local, pp_untrusted;
     /* [12] persistence */
-    uint8_t *pmark;   /* one bit per message: written in this snapshot */
+    uint8_t *pmark; /* one bit per message: written in this snapshot */
+    uint8_t *jmark; /* one bit per message: in the journal's epoch */
+    uint8_t *jbuf;  /* journal buffer */
+    struct sw jw;   /* the journal writer (fd -1: no journal) */
+    int jfd;        /* journal file, -1 unless persistence_journal */
+    int journal;    /* 1: changes go to the journal */
+    uint32_t epoch; /* of the last snapshot: the journal's must match */
+    uint64_t jr_records, jr_syncs;
     uint64_t changes; /* since the last snapshot */
     int64_t next_save_ms;
     uint64_t store_saves, store_fails, store_bytes;
@@ -1092,6 +1109,9 @@ static const struct cfg_key cfg_keys[] = {
            "at shutdown"),
     CK_INT(autosave_on_changes, CT_BOOL, 0, 1, 0,
            "autosave_interval counts changes instead of seconds"),
+    CK_INT(persistence_journal, CT_BOOL, 0, 1, 0,
+           "journal every change, fsync once per loop iteration before "
+           "acknowledging: a crash loses nothing acknowledged"),
     CK_INT(max_queued_total, CT_INT, 16, 100000000, 65536,
            "queued and inflight deliveries of all clients; when full: "
            "QoS 0 dropped, a QoS 1/2 subscriber disconnected"),
@@ -1721,6 +1741,11 @@ cfg_finish(struct cfg *c)
         return -1;
     }
     if (c->max_packet_size < 128) c->max_packet_size = 128;
+    if (c->persistence_journal && !c->persistence) {
+        snprintf(c->err, sizeof c->err,
+                 "persistence_journal true needs persistence true");
+        return -1;
+    }
     for (uint32_t i = 0; i < c->n_lsn; i++) {
         const struct listener *l = &c->lsn[i];
         int bad_line = l->line_tls && l->proxy_require_tls      ? l->line_tls
@@ -1796,7 +1821,7 @@ cfg_restart_only(const char *name)
         "memory_limit",     "user",
         "pid_file",         "per_listener_settings",
         "persistence",      "persistence_location",
-        "persistence_file",
+        "persistence_file", "persistence_journal",
     };
     size_t i;
 
@@ -3166,6 +3191,16 @@ st_at(uint32_t unit)
     return unit == NIL ? NULL : st_ptr(unit);
 }
 
+/* The tree and the sessions report their changes to the journal [12],
+ * which writes their state: a real cycle. */
+static void jr_retain(uint32_t m, const uint8_t *t, size_t n);
+static void jr_sid(unsigned type, uint32_t sid);
+static void jr_pid(unsigned type, uint32_t sid, uint16_t pid);
+static void jr_sub(unsigned type, uint32_t sid, uint8_t qos, const uint8_t *f,
+                   size_t n);
+static void jr_queue(uint32_t sid, uint32_t m, uint8_t qos, uint8_t retain);
+static void jr_sess(uint32_t sid);
+
 static const uint8_t *
 msg_topic(const struct msg *m)
 {
@@ -3210,6 +3245,7 @@ msg_new(const uint8_t *topic, size_t tl, const uint8_t *payload, size_t pl,
     }
     memcpy(b, topic, tl);
     if (pl) memcpy(b + tl, payload, pl);
+    g.jmark[i / 8] = (uint8_t)(g.jmark[i / 8] & ~(1u << (i % 8)));
     m = &g.msgs[i];
     m->data = ST_UNIT(b);
     m->topic_len = (uint16_t)tl;
@@ -3497,6 +3533,7 @@ ret_set(uint32_t m, const uint8_t *t, size_t n)
     }
     g.nodes[nd].retained = m;
     g.changes++;
+    jr_retain(m, t, n);
     if (m != NIL) {
         msg_ref(m);
         g.n_retained++;
@@ -4356,6 +4393,7 @@ sub_add(uint32_t s, const uint8_t *f, size_t n, uint8_t qos, uint32_t *node)
     for (si = g.sess[s].subs; si != NIL; si = g.subs[si].sess_next)
         if (g.subs[si].node == nd) { /* [MQTT-3.8.4-3] replace */
             g.subs[si].qos = qos;
+            jr_sub(MQX_JR_SUB, s, qos, f, n);
             return qos;
         }
     si = pool_take(&g.p_sub);
@@ -4375,6 +4413,7 @@ sub_add(uint32_t s, const uint8_t *f, size_t n, uint8_t qos, uint32_t *node)
     g.sess[s].subs = si;
     g.n_subs++;
     g.changes++;
+    jr_sub(MQX_JR_SUB, s, qos, f, n);
     return qos;
 }
 
@@ -4394,6 +4433,7 @@ sub_remove(uint32_t s, const uint8_t *f, size_t n)
             sub_unlink(si);
             node_prune(nd);
             g.changes++;
+            jr_sub(MQX_JR_UNSUB, s, 0, f, n);
             return 1;
         }
     return 0;
@@ -4405,6 +4445,8 @@ static void
 sess_free(uint32_t s)
 {
     struct sess *x = &g.sess[s];
+
+    jr_sid(MQX_JR_SESS_DEL, s);
     uint32_t *pp = &g.sess_ht[sess_hash(st_ptr(x->id), x->id_len)];
 
     while (x->subs != NIL) {
@@ -4467,6 +4509,7 @@ sess_enqueue(uint32_t si, uint32_t m, uint8_t qos, uint8_t retain)
     g.qents[q].retain = retain;
     sess_append(s, q, 0);
     if (!s->clean) g.changes++;
+    jr_queue(si, m, qos, retain);
     if (c) conn_dirty(c);
 }
 
@@ -4746,14 +4789,6 @@ mqx_store_next(const uint8_t *buf, size_t len, size_t *off,
 
 /* --- writing --- */
 
-struct sw {
-    int fd, err; /* err: errno of the first failure */
-    uint8_t *buf;
-    size_t n, cap;
-    uint32_t crc, count;
-    uint64_t bytes;
-};
-
 static void
 sw_flush(struct sw *w)
 {
@@ -4890,20 +4925,17 @@ store_marked(uint32_t m)
     return (g.pmark[m / 8] >> (m % 8)) & 1;
 }
 
-/* The session records: the session, its subscriptions, queue, inflight
- * messages and QoS 2 ids waiting for PUBREL. */
+/* One session's own record (snapshot or journal `type`). */
 static void
-store_put_sess(struct sw *w, uint32_t si)
+store_sess_rec(struct sw *w, uint32_t si, unsigned type)
 {
     const struct sess *s = &g.sess[si];
-    uint32_t path[MQX_MAX_TOPIC_LEVELS], q, sb;
-    size_t ul = s->user == NIL ? 0 : s->user_len, fl;
+    size_t ul = s->user == NIL ? 0 : s->user_len;
     int64_t left =
         s->conn == NIL && s->expire_ms ? (s->expire_ms - g.now) / 1000 + 1 : 0;
     uint32_t expire = left > 0 ? (uint32_t)(time(NULL) + left) : 0;
-    unsigned d;
 
-    sw_begin(w, MQX_SR_SESS, (size_t)16 + s->id_len + ul);
+    sw_begin(w, type, (size_t)16 + s->id_len + ul);
     sw_u32(w, si);
     sw_u16(w, s->next_pid);
     sw_u8(w, s->lsn);
@@ -4912,6 +4944,19 @@ store_put_sess(struct sw *w, uint32_t si)
     sw_str(w, st_ptr(s->id), s->id_len);
     sw_str(w, s->user == NIL ? NULL : st_ptr(s->user), ul);
     sw_end(w);
+}
+
+/* The session records: the session, its subscriptions, queue, inflight
+ * messages and QoS 2 ids waiting for PUBREL. */
+static void
+store_put_sess(struct sw *w, uint32_t si)
+{
+    const struct sess *s = &g.sess[si];
+    uint32_t path[MQX_MAX_TOPIC_LEVELS], q, sb;
+    size_t fl;
+    unsigned d;
+
+    store_sess_rec(w, si, MQX_SR_SESS);
     for (sb = s->subs; sb != NIL; sb = g.subs[sb].sess_next) {
         d = store_node_path(g.subs[sb].node, path, &fl);
         sw_begin(w, MQX_SR_SUB, 4 + 1 + 2 + fl);
@@ -4943,6 +4988,164 @@ store_put_sess(struct sw *w, uint32_t si)
         sw_u32(w, si);
         sw_u16(w, g.qents[q].pid);
         sw_end(w);
+    }
+}
+
+/* --- the journal (persistence_journal true) --- */
+
+/* Appends one record to the journal buffer; the loop writes and fsyncs it
+ * once per iteration (jr_commit), before any output goes out. */
+static struct sw *
+jr_begin(unsigned type, size_t len)
+{
+    struct sw *w = &g.jw;
+
+    sw_begin(w, type, len);
+    return w;
+}
+
+static void
+jr_done(void)
+{
+    sw_end(&g.jw);
+    g.jr_records++;
+}
+
+static int
+jr_marked(uint32_t m)
+{
+    return (g.jmark[m / 8] >> (m % 8)) & 1;
+}
+
+/* A message goes into the journal once per epoch, before what uses it. */
+static void
+jr_msg(uint32_t m)
+{
+    const struct msg *x = &g.msgs[m];
+    struct sw *w;
+
+    if (!g.journal || jr_marked(m)) return;
+    g.jmark[m / 8] = (uint8_t)(g.jmark[m / 8] | 1u << (m % 8));
+    w = jr_begin(MQX_JR_MSG, (size_t)8 + x->topic_len + (size_t)x->payload_len);
+    sw_u32(w, m);
+    sw_u8(w, x->qos);
+    sw_u8(w, x->retain);
+    sw_str(w, st_ptr(x->data), x->topic_len);
+    sw_put(w, st_ptr(x->data) + x->topic_len, x->payload_len);
+    jr_done();
+}
+
+static void
+jr_sid(unsigned type, uint32_t sid)
+{
+    if (!g.journal || g.sess[sid].clean) return;
+    sw_u32(jr_begin(type, 4), sid);
+    jr_done();
+}
+
+static void
+jr_pid(unsigned type, uint32_t sid, uint16_t pid)
+{
+    struct sw *w;
+
+    if (!g.journal || g.sess[sid].clean) return;
+    w = jr_begin(type, 6);
+    sw_u32(w, sid);
+    sw_u16(w, pid);
+    jr_done();
+}
+
+static void
+jr_retain(uint32_t m, const uint8_t *t, size_t n)
+{
+    if (!g.journal) return;
+    if (m != NIL) {
+        jr_msg(m);
+        sw_u32(jr_begin(MQX_JR_RETAIN, 4), m);
+    } else {
+        sw_str(jr_begin(MQX_JR_UNRETAIN, 2 + n), t, n);
+    }
+    jr_done();
+}
+
+static void
+jr_sub(unsigned type, uint32_t sid, uint8_t qos, const uint8_t *f, size_t n)
+{
+    struct sw *w;
+
+    if (!g.journal || g.sess[sid].clean) return;
+    w = jr_begin(type, (type == MQX_JR_SUB ? 7 : 6) + n);
+    sw_u32(w, sid);
+    if (type == MQX_JR_SUB) sw_u8(w, qos);
+    sw_str(w, f, n);
+    jr_done();
+}
+
+static void
+jr_queue(uint32_t sid, uint32_t m, uint8_t qos, uint8_t retain)
+{
+    struct sw *w;
+
+    if (!g.journal || g.sess[sid].clean) return;
+    jr_msg(m);
+    w = jr_begin(MQX_JR_QUEUE, 10);
+    sw_u32(w, sid);
+    sw_u32(w, m);
+    sw_u8(w, qos);
+    sw_u8(w, retain);
+    jr_done();
+}
+
+static void
+jr_sess(uint32_t sid)
+{
+    if (!g.journal || g.sess[sid].clean) return;
+    store_sess_rec(&g.jw, sid, MQX_JR_SESS);
+    g.jr_records++;
+}
+
+/* Group commit: what this iteration journaled reaches the disk before any
+ * of its acknowledgements leave (conn_flush_all calls it between filling
+ * and writing). A failure is logged; durability is then lost. */
+static void
+jr_commit(void)
+{
+    if (!g.journal || (g.jw.n == 0 && !g.jw.err)) return;
+    sw_flush(&g.jw);
+    if (!g.jw.err && fdatasync(g.jfd) < 0) g.jw.err = errno;
+    g.jr_syncs++;
+    if (g.jw.err) {
+        static int64_t last;
+        static uint32_t quiet;
+        int64_t k = log_limit(&last, &quiet);
+        errno = g.jw.err;
+        if (k >= 0)
+            log_sys(LOG_T_ERR, "Error writing the persistence journal%s",
+                    log_suppressed(k));
+        g.jw.err = 0;
+        g.store_fails++;
+    }
+}
+
+/* Starts an empty journal for the epoch of the snapshot just written. */
+static void
+jr_reset(void)
+{
+    uint8_t hdr[MQX_STORE_HDR] = {'M', 'Q', 'X', 'J', 'O', 'U', 'R', 'N'};
+
+    if (!g.journal) return;
+    g.jw.n = 0; /* the snapshot holds what was buffered */
+    g.jw.err = 0;
+    memset(g.jmark, 0, (g.p_msg.cap + 7) / 8);
+    hdr[8] = (uint8_t)(g.epoch >> 24);
+    hdr[9] = (uint8_t)(g.epoch >> 16);
+    hdr[10] = (uint8_t)(g.epoch >> 8);
+    hdr[11] = (uint8_t)g.epoch;
+    if (ftruncate(g.jfd, 0) < 0 || lseek(g.jfd, 0, SEEK_SET) < 0 ||
+        write(g.jfd, hdr, sizeof hdr) != (ssize_t)sizeof hdr ||
+        fdatasync(g.jfd) < 0) {
+        log_sys(LOG_T_ERR, "Error resetting the persistence journal");
+        g.store_fails++;
     }
 }
 
@@ -4983,6 +5186,11 @@ store_save(void)
     hdr[14] = (uint8_t)(now >> 8);
     hdr[15] = (uint8_t)now;
     sw_raw(&w, hdr, sizeof hdr);
+    if (g.journal) { /* the journal after this snapshot has a new epoch */
+        sw_begin(&w, MQX_SR_EPOCH, 4);
+        sw_u32(&w, g.epoch + 1);
+        sw_end(&w);
+    }
     memset(g.pmark, 0, (g.p_msg.cap + 7) / 8);
     for (i = 0; i < g.p_node.cap; i++)
         if (pool_used(&g.p_node, i)) store_mark(g.nodes[i].retained);
@@ -5042,6 +5250,10 @@ store_save(void)
     }
     g.changes = 0;
     g.store_saves++;
+    if (g.journal) {
+        g.epoch++;
+        jr_reset();
+    }
     g.store_bytes += w.bytes;
     log_at(LOG_T_INFO,
            "Saving in-memory database to %s (%u records, %llu bytes).", path,
@@ -5058,29 +5270,58 @@ struct store_ld {
     uint32_t *sid; /* file session id -> session */
     uint32_t n_sid;
     uint32_t n_ret, n_sess;
+    uint32_t epoch; /* of the snapshot (MQX_SR_EPOCH) */
 };
+
+/* Records that name a session first. */
+static int
+store_has_sid(unsigned type)
+{
+    return (type >= MQX_SR_SESS && type <= MQX_SR_RECEIVED) ||
+           (type >= MQX_JR_SESS && type <= MQX_JR_REL);
+}
 
 /* Applies one record; a message of what went wrong, or NULL. */
 static const char *
 store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
 {
     struct rd r = {rec->body, rec->body + rec->len, 0};
-    uint32_t id = rd_u32(&r), x = NIL, q;
+    uint32_t id, x = NIL, q;
     struct sess *s = NULL;
 
+    if (rec->type == MQX_JR_UNRETAIN) {
+        struct mqx_str t = rd_str(&r);
+        if (r.bad) return "bad record";
+        if (!count) ret_set(NIL, t.p, t.len);
+        return NULL;
+    }
+    id = rd_u32(&r);
     if (count) { /* first pass: the largest ids */
-        if (rec->type == MQX_SR_MSG && id >= ld->n_mid) ld->n_mid = id + 1;
-        if (rec->type == MQX_SR_SESS && id >= ld->n_sid) ld->n_sid = id + 1;
+        if ((rec->type == MQX_SR_MSG || rec->type == MQX_JR_MSG) &&
+            id >= ld->n_mid)
+            ld->n_mid = id + 1;
+        if ((rec->type == MQX_SR_SESS || rec->type == MQX_JR_SESS) &&
+            id >= ld->n_sid)
+            ld->n_sid = id + 1;
         return r.bad && rec->type != MQX_SR_END ? "short record" : NULL;
     }
-    if (rec->type != MQX_SR_MSG && rec->type != MQX_SR_RETAIN &&
-        rec->type != MQX_SR_END) {
+    if (store_has_sid(rec->type)) {
         if (id >= ld->n_sid) return "unknown session";
         x = ld->sid[id];
-        if (x == NIL && rec->type != MQX_SR_SESS) return NULL; /* expired */
+        if (x == NIL && rec->type != MQX_SR_SESS && rec->type != MQX_JR_SESS)
+            return NULL; /* expired, or deleted */
         if (x != NIL) s = &g.sess[x];
     }
     switch (rec->type) {
+    case MQX_SR_EPOCH:
+        ld->epoch = id;
+        return NULL;
+    case MQX_JR_MSG: /* a freed message's id may come back */
+        if (id < ld->n_mid && ld->mid[id] != NIL) {
+            msg_unref(ld->mid[id]);
+            ld->mid[id] = NIL;
+        }
+        /* fall through */
     case MQX_SR_MSG: {
         uint8_t qos = rd_u8(&r), retain = rd_u8(&r);
         struct mqx_str t = rd_str(&r);
@@ -5092,26 +5333,36 @@ store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
         return NULL;
     }
     case MQX_SR_RETAIN:
+    case MQX_JR_RETAIN:
         if (id >= ld->n_mid || ld->mid[id] == NIL) return "unknown message";
         ret_set(ld->mid[id], msg_topic(&g.msgs[ld->mid[id]]),
                 g.msgs[ld->mid[id]].topic_len);
         ld->n_ret++;
         return NULL;
-    case MQX_SR_SESS: {
+    case MQX_SR_SESS:
+    case MQX_JR_SESS: {
         uint16_t pid = rd_u16(&r);
         uint8_t lsn = rd_u8(&r), has_user = rd_u8(&r);
         uint32_t expire = rd_u32(&r), now = (uint32_t)time(NULL);
         struct mqx_str cid = rd_str(&r), user = rd_str(&r);
-        if (r.bad || x != NIL) return "bad session record";
+        if (r.bad || (x != NIL && rec->type == MQX_SR_SESS))
+            return "bad session record";
         if (expire && now >= expire) return NULL; /* expired while down */
-        x = sess_new(cid.p, cid.len);
-        if (x == NIL) return "more sessions than max_sessions";
-        ld->sid[id] = x;
+        if (x == NIL) {
+            x = sess_new(cid.p, cid.len);
+            if (x == NIL) return "more sessions than max_sessions";
+            ld->sid[id] = x;
+            ld->n_sess++;
+        }
         s = &g.sess[x];
         s->clean = 0;
         s->proto = 4;
         s->next_pid = pid ? pid : 1;
         s->lsn = lsn < g.cfg.n_lsn ? lsn : 0;
+        if (s->user != NIL) {
+            st_free(st_ptr(s->user));
+            s->user = NIL;
+        }
         if (has_user) {
             uint8_t *b = st_dup(user.p, user.len ? user.len : 1);
             if (!b) return "no room for a user name";
@@ -5122,10 +5373,71 @@ store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
                        : g.cfg.persistent_client_expiration
                            ? g.now + g.cfg.persistent_client_expiration * 1000
                            : 0;
-        ld->n_sess++;
         return NULL;
     }
-    case MQX_SR_SUB: {
+    case MQX_JR_SESS_DEL:
+        sess_free(x);
+        ld->sid[id] = NIL;
+        ld->n_sess--;
+        return NULL;
+    case MQX_JR_UNSUB: {
+        struct mqx_str f = rd_str(&r);
+        if (r.bad) return "bad record";
+        sub_remove(x, f.p, f.len);
+        return NULL;
+    }
+    case MQX_JR_POP:
+    case MQX_JR_SEND: {
+        uint16_t pid = rec->type == MQX_JR_SEND ? rd_u16(&r) : 0;
+        if (r.bad || s->q_head == NIL) return "a send from an empty queue";
+        q = sess_pop(s);
+        if (rec->type == MQX_JR_POP || g.qents[q].qos == 0) {
+            qe_free(q);
+            return NULL;
+        }
+        g.qents[q].pid = pid;
+        g.qents[q].state = g.qents[q].qos == 1 ? QE_PUBACK : QE_PUBREC;
+        sess_append(s, q, 1);
+        s->next_pid = (uint16_t)(pid == 65535 ? 1 : pid + 1);
+        return NULL;
+    }
+    case MQX_JR_ACK:
+    case MQX_JR_REC:
+    case MQX_JR_RCVD:
+    case MQX_JR_REL: {
+        uint16_t pid = rd_u16(&r);
+        if (r.bad) return "bad record";
+        if (rec->type == MQX_JR_ACK) {
+            q = qe_unlink(&s->f_head, &s->f_tail, pid, 0xff);
+            if (q != NIL) {
+                s->f_count--;
+                qe_free(q);
+            }
+        } else if (rec->type == MQX_JR_REC) {
+            q = qe_find(s->f_head, pid);
+            if (q != NIL && g.qents[q].state == QE_PUBREC) {
+                g.qents[q].state = QE_PUBCOMP;
+                msg_unref(g.qents[q].msg);
+                g.qents[q].msg = NIL;
+            }
+        } else if (rec->type == MQX_JR_REL) {
+            q = qe_unlink(&s->r_head, NULL, pid, QE_RECEIVED);
+            if (q != NIL) {
+                s->r_count--;
+                qe_free(q);
+            }
+        } else {
+            q = qe_new(NIL, 2, QE_RECEIVED);
+            if (q == NIL) return "more queued messages than max_queued_total";
+            g.qents[q].pid = pid;
+            g.qents[q].next = s->r_head;
+            s->r_head = q;
+            s->r_count++;
+        }
+        return NULL;
+    }
+    case MQX_SR_SUB:
+    case MQX_JR_SUB: {
         uint8_t qos = rd_u8(&r);
         struct mqx_str f = rd_str(&r);
         uint32_t nd;
@@ -5136,6 +5448,7 @@ store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
         return NULL;
     }
     case MQX_SR_QUEUE:
+    case MQX_JR_QUEUE:
     case MQX_SR_INFLIGHT: {
         uint32_t m = rd_u32(&r);
         uint16_t pid = rec->type == MQX_SR_INFLIGHT ? rd_u16(&r) : 0;
@@ -5147,11 +5460,11 @@ store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
             (st < QE_PUBACK || st > QE_PUBCOMP ||
              (m == NIL) != (st == QE_PUBCOMP)))
             return "bad inflight record";
-        if (rec->type == MQX_SR_QUEUE && m == NIL) return "bad queue record";
+        if (rec->type != MQX_SR_INFLIGHT && m == NIL) return "bad queue record";
         q = qe_new(m == NIL ? NIL : ld->mid[m], qos,
-                   rec->type == MQX_SR_QUEUE ? QE_QUEUED : st);
+                   rec->type != MQX_SR_INFLIGHT ? QE_QUEUED : st);
         if (q == NIL) return "more queued messages than max_queued_total";
-        if (rec->type == MQX_SR_QUEUE)
+        if (rec->type != MQX_SR_INFLIGHT)
             g.qents[q].retain = st;
         else
             g.qents[q].pid = pid;
@@ -5198,62 +5511,150 @@ store_walk(struct store_ld *ld, const uint8_t *buf, size_t len, int count)
     }
 }
 
+/* Walks the journal after its header: records up to the first one a crash
+ * cut short (never acknowledged: the ack waits for the fsync). */
+static const char *
+jr_walk(struct store_ld *ld, const uint8_t *buf, size_t len, int count,
+        size_t *end)
+{
+    size_t off = MQX_STORE_HDR;
+    const char *err = NULL;
+
+    for (;;) {
+        struct mqx_store_rec rec;
+        size_t at = off;
+        if (off == len) break;
+        if (mqx_store_next(buf, len, &off, &rec, &err) != MQX_DONE) {
+            *end = at;
+            return NULL;
+        }
+        err = store_apply(ld, &rec, count);
+        if (err) return err;
+    }
+    *end = len;
+    return NULL;
+}
+
+/* A whole file into a malloc'd buffer; NULL when it does not exist. */
+static uint8_t *
+store_read(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    uint8_t *buf = NULL;
+
+    *len = 0;
+    if (!f) {
+        if (errno != ENOENT)
+            die("persistence file %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        uint8_t *nb = realloc(buf, *len + 65536);
+        size_t k;
+        if (!nb) die("persistence file %s: out of memory", path);
+        buf = nb;
+        k = fread(buf + *len, 1, 65536, f);
+        *len += k;
+        if (k < 65536) break;
+    }
+    fclose(f);
+    return buf;
+}
+
 /* Reads the snapshot at start-up; a missing file is an empty start. A
  * damaged one stops the broker: die() names the file and the problem. */
 static void
 store_load(void)
 {
-    char path[2 * MQX_PATH_MAX + 8];
+    char path[2 * MQX_PATH_MAX + 8], jpath[2 * MQX_PATH_MAX + 16];
     struct store_ld ld;
-    uint8_t *buf = NULL;
-    size_t len = 0;
+    uint8_t *buf, *jbuf = NULL;
+    size_t len, jlen = 0, jend = 0;
     uint16_t version;
-    uint32_t saved, i;
+    uint32_t saved = 0, i, jepoch = 0;
     const char *err = NULL;
-    FILE *f;
+    int use_journal = 0;
 
     store_path(path, sizeof path, "");
-    f = fopen(path, "rb");
-    if (!f) {
-        if (errno != ENOENT)
-            die("persistence file %s: %s", path, strerror(errno));
-        log_at(LOG_T_INFO, "No persistence file %s: starting empty.", path);
-        return;
-    }
-    for (;;) { /* read it all */
-        uint8_t *nb = realloc(buf, len + 65536);
-        size_t k;
-        if (!nb) die("persistence file %s: out of memory", path);
-        buf = nb;
-        k = fread(buf + len, 1, 65536, f);
-        len += k;
-        if (k < 65536) break;
-    }
-    fclose(f);
+    store_path(jpath, sizeof jpath, ".journal");
     memset(&ld, 0, sizeof ld);
     ld.path = path;
-    if (mqx_store_header(buf, len, &version, &saved, &err) != MQX_DONE ||
-        (err = store_walk(&ld, buf, len, 1)) != NULL)
+    buf = store_read(path, &len);
+    if (buf &&
+        (mqx_store_header(buf, len, &version, &saved, &err) != MQX_DONE ||
+         (err = store_walk(&ld, buf, len, 1)) != NULL))
         die("persistence file %s: %s. The file is left as it is; move it "
             "away to start without it.",
             path, err);
+    if (g.cfg.persistence_journal) jbuf = store_read(jpath, &jlen);
+    if (jbuf && jlen >= MQX_STORE_HDR && memcmp(jbuf, "MQXJOURN", 8) == 0) {
+        jepoch = (uint32_t)jbuf[8] << 24 | (uint32_t)jbuf[9] << 16 |
+                 (uint32_t)jbuf[10] << 8 | jbuf[11];
+        use_journal = 1;
+        err = jr_walk(&ld, jbuf, jlen, 1, &jend);
+        if (err) die("persistence journal %s: %s", jpath, err);
+    } else if (jbuf && jlen) {
+        die("persistence journal %s: not an mqttpx journal. The file is "
+            "left as it is; move it away to start without it.",
+            jpath);
+    }
     ld.mid = malloc(sizeof(uint32_t) * (ld.n_mid + 1));
     ld.sid = malloc(sizeof(uint32_t) * (ld.n_sid + 1));
     if (!ld.mid || !ld.sid) die("persistence file %s: out of memory", path);
     memset(ld.mid, 0xff, sizeof(uint32_t) * (ld.n_mid + 1));
     memset(ld.sid, 0xff, sizeof(uint32_t) * (ld.n_sid + 1));
-    err = store_walk(&ld, buf, len, 0);
-    if (err)
+    if (buf && (err = store_walk(&ld, buf, len, 0)) != NULL)
         die("persistence file %s: %s. The file is left as it is.", path, err);
+    g.epoch = ld.epoch;
+    if (use_journal && jepoch != ld.epoch) { /* older than the snapshot */
+        log_at(LOG_T_INFO,
+               "Persistence journal %s is older than the snapshot: ignored.",
+               jpath);
+        use_journal = 0;
+    }
+    if (use_journal) {
+        err = jr_walk(&ld, jbuf, jlen, 0, &jend);
+        if (err) die("persistence journal %s: %s", jpath, err);
+        if (jend < jlen)
+            log_at(LOG_T_WARN,
+                   "Persistence journal %s ends with a record cut short at "
+                   "byte %zu (never acknowledged): ignored.",
+                   jpath, jend);
+        log_at(LOG_T_NOTICE, "Replayed %zu bytes of journal from %s.", jend,
+               jpath);
+    }
     for (i = 0; i < ld.n_mid; i++)
         msg_unref(ld.mid[i]);
-    log_at(LOG_T_NOTICE,
-           "Loaded %u retained messages and %u sessions from %s (saved "
-           "%lld s ago).",
-           ld.n_ret, ld.n_sess, path, (long long)(time(NULL) - (time_t)saved));
+    if (buf || use_journal)
+        log_at(LOG_T_NOTICE,
+               "Loaded %u retained messages and %u sessions from %s (saved "
+               "%lld s ago).",
+               g.n_retained, ld.n_sess, path,
+               (long long)(time(NULL) - (time_t)saved));
+    else
+        log_at(LOG_T_INFO, "No persistence file %s: starting empty.", path);
     free(ld.mid);
     free(ld.sid);
     free(buf);
+    free(jbuf);
+}
+
+/* Journal mode at start-up: after the load, a snapshot compacts what the
+ * journal held, and an empty journal of its epoch starts. */
+static void
+jr_open(void)
+{
+    char jpath[2 * MQX_PATH_MAX + 16];
+
+    store_path(jpath, sizeof jpath, ".journal");
+    g.jfd = open(jpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (g.jfd < 0) die("persistence journal %s: %s", jpath, strerror(errno));
+    memset(&g.jw, 0, sizeof g.jw);
+    g.jw.fd = g.jfd;
+    g.jw.buf = g.jbuf;
+    g.jw.cap = MQX_SCRATCH;
+    g.journal = 1;
+    if (store_save()) die("cannot write the persistence file");
 }
 
 /* Autosave: every autosave_interval seconds when something changed, or
@@ -5513,6 +5914,7 @@ conn_fill(struct conn *c)
                                    g.msgs[e->msg].topic_len, MQX_ACL_READ)) {
             /* queued for a user who may read it; the session was resumed
              * by one who may not (client ids are not owned by users) */
+            jr_sid(MQX_JR_POP, c->sess);
             qe_free(sess_pop(s));
             continue;
         }
@@ -5520,9 +5922,11 @@ conn_fill(struct conn *c)
         if (conn_put_publish(c, e, 0)) break;
         sess_pop(s);
         if (e->qos == 0) {
+            jr_sid(MQX_JR_POP, c->sess);
             qe_free(q);
             continue;
         }
+        jr_pid(MQX_JR_SEND, c->sess, e->pid);
         e->state = e->qos == 1 ? QE_PUBACK : QE_PUBREC;
         sess_append(s, q, 1);
     }
@@ -5582,20 +5986,31 @@ conn_reap(struct conn *c)
 static void
 conn_flush_all(void)
 {
-    uint32_t i;
+    uint32_t i, n1;
 
+    /* fill every dirty client (reaping may route wills and add more) */
     for (i = 0; i < g.n_dirty; i++) {
+        struct conn *c = &g.conns[g.dirty[i]];
+        if (c->state == CONN_CLOSING) {
+            c->flags &= (uint8_t)~CF_DIRTY;
+            conn_reap(c);
+        } else if (c->state == CONN_ONLINE) {
+            conn_fill(c);
+        }
+    }
+    jr_commit(); /* what is acknowledged or sent is on disk before it goes */
+    n1 = g.n_dirty;
+    for (i = 0; i < n1; i++) {
         struct conn *c = &g.conns[g.dirty[i]];
         int round;
         c->flags &= (uint8_t)~CF_DIRTY;
-        if (c->state == CONN_FREE) continue;
         if (c->state == CONN_CLOSING) {
             conn_reap(c);
             continue;
         }
         for (round = 0; round < 4 && c->state == CONN_ONLINE; round++) {
             const struct sess *s = &g.sess[c->sess];
-            conn_fill(c);
+            if (round > 0) conn_fill(c); /* no journal: nothing to sync */
             if (!c->tx || (c->flags & CF_POLLOUT)) break;
             conn_touch(c); /* a reply is likely: poll it closely */
             if (conn_write(c)) {
@@ -5609,10 +6024,23 @@ conn_flush_all(void)
                 break;
             }
             if (c->flags & CF_POLLOUT) break;
+            if (g.journal) { /* the rest after the next commit */
+                if (c->resend != NIL ||
+                    (s->q_head != NIL &&
+                     (g.qents[s->q_head].qos == 0 ||
+                      !g.cfg.max_inflight_messages ||
+                      s->f_count < (uint64_t)g.cfg.max_inflight_messages)))
+                    conn_dirty(c);
+                break;
+            }
             if (s->q_head == NIL && c->resend == NIL) break;
+            if (round == 3) conn_dirty(c); /* more next time */
         }
     }
-    g.n_dirty = 0;
+    /* what this pass made dirty (closes, wills) is handled next iteration,
+     * after its own commit */
+    memmove(g.dirty, g.dirty + n1, (g.n_dirty - n1) * sizeof *g.dirty);
+    g.n_dirty -= n1;
 }
 
 /* Per-source rate limit of PROXY header failure lines (R52): one line per
@@ -5971,6 +6399,7 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
     g.sess[s].clean = ck.clean;
     g.sess[s].proto = ck.level;
     g.sess[s].expire_ms = 0;
+    jr_sess(s);
     c->sess = s;
     c->will = will;
     c->proto = ck.level;
@@ -6069,6 +6498,7 @@ handle_publish(struct conn *c, const struct mqx_packet *pk)
         g.qents[q].next = s->r_head;
         s->r_head = q;
         s->r_count++;
+        jr_pid(MQX_JR_RCVD, c->sess, pb.pid);
     }
     route(m);
     if (pb.qos == 1) conn_ack(c, MQX_PUBACK, pb.pid);
@@ -6159,6 +6589,7 @@ handle_ack(struct conn *c, const struct mqx_packet *pk)
     case MQX_PUBREC:
         q = qe_find(s->f_head, pid);
         if (q != NIL && g.qents[q].state == QE_PUBREC) {
+            jr_pid(MQX_JR_REC, c->sess, pid);
             g.qents[q].state = QE_PUBCOMP; /* the payload is delivered */
             msg_unref(g.qents[q].msg);
             g.qents[q].msg = NIL;
@@ -6168,6 +6599,7 @@ handle_ack(struct conn *c, const struct mqx_packet *pk)
     default: /* PUBREL */
         q = qe_unlink(&s->r_head, NULL, pid, QE_RECEIVED);
         if (q != NIL) {
+            jr_pid(MQX_JR_REL, c->sess, pid);
             s->r_count--;
             qe_free(q);
         }
@@ -6176,6 +6608,7 @@ handle_ack(struct conn *c, const struct mqx_packet *pk)
     }
     if (q == NIL) return; /* unknown id: ignore */
     if (!s->clean) g.changes++;
+    jr_pid(MQX_JR_ACK, c->sess, pid);
     if (c->resend == q) c->resend = g.qents[q].next;
     s->f_count--;
     qe_free(q);
@@ -7184,7 +7617,8 @@ arena_plan(int take, char *line, size_t cap)
     PLAN(ht, sizeof(uint32_t));
     PLAN(sht, sizeof(uint32_t));
     PLAN(1, MQX_SCRATCH);
-    PLAN((msgs + 7) / 8, 1); /* snapshot marks */
+    PLAN((msgs + 7) / 8, 2); /* snapshot and journal marks */
+    PLAN(1, MQX_SCRATCH);    /* journal buffer */
     PLAN(store / MQX_STORE_MIN, 1);
     PLAN(store, 1);
     total += (size_t)16 * 16; /* alignment slack of the pools */
@@ -7238,6 +7672,8 @@ arena_plan(int take, char *line, size_t cap)
     memset(g.sess_ht, 0xff, (size_t)sht * sizeof(uint32_t));
     g.scratch = arena_take(MQX_SCRATCH);
     g.pmark = arena_take((size_t)(msgs + 7) / 8);
+    g.jmark = arena_take((size_t)(msgs + 7) / 8);
+    g.jbuf = arena_take(MQX_SCRATCH);
     {
         uint8_t *base;
         /* the tag array is taken inside st_init, the region here */
@@ -7562,6 +7998,7 @@ main(int argc, char **argv)
     tree_init();
     log_at(LOG_T_INFO, "%s", budget);
     if (g.cfg.persistence) store_load();
+    if (g.cfg.persistence_journal) jr_open();
     for (li = 0; li < g.cfg.n_lsn; li++)
         lsn_open((uint8_t)li);
     if (pipe(g.wake) < 0) die("pipe: %s", strerror(errno));

@@ -327,7 +327,23 @@ enum mqx_store_type {
     MQX_SR_QUEUE = 5,    /* sid, mid, qos, retain */
     MQX_SR_INFLIGHT = 6, /* sid, mid (or none), pid, qos, state */
     MQX_SR_RECEIVED = 7, /* sid, pid */
-    MQX_SR_END = 255,    /* number of records before it */
+    MQX_SR_EPOCH = 8,    /* journal epoch this snapshot starts */
+    /* journal records (persistence_journal): changes after a snapshot */
+    MQX_JR_MSG = 16,      /* as MQX_SR_MSG */
+    MQX_JR_RETAIN = 17,   /* mid */
+    MQX_JR_UNRETAIN = 18, /* topic (str16) */
+    MQX_JR_SESS = 19,     /* as MQX_SR_SESS: created or resumed */
+    MQX_JR_SESS_DEL = 20, /* sid */
+    MQX_JR_SUB = 21,      /* as MQX_SR_SUB */
+    MQX_JR_UNSUB = 22,    /* sid, filter (str16) */
+    MQX_JR_QUEUE = 23,    /* as MQX_SR_QUEUE */
+    MQX_JR_POP = 24,      /* sid: the queue's head was sent (QoS 0) */
+    MQX_JR_SEND = 25,     /* sid, pid: the queue's head went inflight */
+    MQX_JR_ACK = 26,      /* sid, pid: PUBACK or PUBCOMP */
+    MQX_JR_REC = 27,      /* sid, pid: PUBREC */
+    MQX_JR_RCVD = 28,     /* sid, pid: a QoS 2 PUBLISH came in */
+    MQX_JR_REL = 29,      /* sid, pid: its PUBREL */
+    MQX_SR_END = 255,     /* number of records before it */
 };
 
 struct mqx_store_rec {

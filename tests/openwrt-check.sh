@@ -8,6 +8,8 @@
 #     modes, lists its conffiles, and passes TLS=0 only to the nossl build
 # Prints "N passed, N failed"; exits non-zero on failure.
 set -eu
+# nested make calls must not inherit the parent make\'s flags (-w)
+unset MAKEFLAGS MFLAGS MAKELEVEL
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PKG=$ROOT/openwrt/mqttpx
 INIT=$PKG/files/mqttpx.init
