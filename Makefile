@@ -59,31 +59,46 @@ unit-proxy: tests/unit-proxy
 	./tests/unit-proxy
 
 # libFuzzer targets (clang)
-tests/fuzz_proxy.bin tests/fuzz_mqtt.bin: tests/fuzz_%.bin: tests/fuzz_%.c \
-    mqttpx.c mqttpx.h
+tests/fuzz_proxy.bin tests/fuzz_mqtt.bin tests/fuzz_cfg.bin tests/fuzz_auth.bin \
+    tests/fuzz_store.bin: tests/fuzz_%.bin: tests/fuzz_%.c mqttpx.c mqttpx.h
 	clang -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(DEFS) \
 	    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	    -o $@ $< $(TLSLIBS)
 
 # the same targets behind a plain main() that replays files (gcc + SAN)
-tests/fuzz_proxy_replay.bin tests/fuzz_mqtt_replay.bin: \
-    tests/fuzz_%_replay.bin: tests/fuzz_replay.c tests/fuzz_%.c mqttpx.c mqttpx.h
+tests/fuzz_proxy_replay.bin tests/fuzz_mqtt_replay.bin \
+    tests/fuzz_cfg_replay.bin tests/fuzz_auth_replay.bin \
+    tests/fuzz_store_replay.bin: tests/fuzz_%_replay.bin: tests/fuzz_replay.c \
+    tests/fuzz_%.c mqttpx.c mqttpx.h
 	$(CC) -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(SAN) $(DEFS) \
 	    -o $@ tests/fuzz_replay.c tests/fuzz_$*.c $(TLSLIBS)
 
-fuzz-replay: tests/fuzz_proxy_replay.bin tests/fuzz_mqtt_replay.bin
+fuzz-replay: tests/fuzz_proxy_replay.bin tests/fuzz_mqtt_replay.bin \
+    tests/fuzz_cfg_replay.bin tests/fuzz_auth_replay.bin \
+    tests/fuzz_store_replay.bin
 	./tests/fuzz_proxy_replay.bin tests/corpus/proxy
 	./tests/fuzz_mqtt_replay.bin tests/corpus/mqtt
+	./tests/fuzz_cfg_replay.bin tests/corpus/cfg
+	./tests/fuzz_auth_replay.bin tests/corpus/auth
+	./tests/fuzz_store_replay.bin tests/corpus/store
 
 # $(FUZZ_TIME) s per target; what it learns stays in .cache/fuzz/; a crasher
 # is written to .cache/fuzz/crash-*: add it to tests/corpus/<target>/
-fuzz: tests/fuzz_proxy.bin tests/fuzz_mqtt.bin
-	mkdir -p .cache/fuzz/proxy .cache/fuzz/mqtt
+fuzz: tests/fuzz_proxy.bin tests/fuzz_mqtt.bin tests/fuzz_cfg.bin \
+    tests/fuzz_auth.bin tests/fuzz_store.bin
+	mkdir -p .cache/fuzz/proxy .cache/fuzz/mqtt .cache/fuzz/cfg \
+	    .cache/fuzz/auth .cache/fuzz/store
 	./tests/fuzz_proxy.bin .cache/fuzz/proxy tests/corpus/proxy \
 	    -max_total_time=$(FUZZ_TIME) -max_len=4200 \
 	    -artifact_prefix=.cache/fuzz/crash-proxy-
 	./tests/fuzz_mqtt.bin .cache/fuzz/mqtt tests/corpus/mqtt \
 	    -max_total_time=$(FUZZ_TIME) -artifact_prefix=.cache/fuzz/crash-mqtt-
+	./tests/fuzz_cfg.bin .cache/fuzz/cfg tests/corpus/cfg \
+	    -max_total_time=$(FUZZ_TIME) -artifact_prefix=.cache/fuzz/crash-cfg-
+	./tests/fuzz_auth.bin .cache/fuzz/auth tests/corpus/auth \
+	    -max_total_time=$(FUZZ_TIME) -artifact_prefix=.cache/fuzz/crash-auth-
+	./tests/fuzz_store.bin .cache/fuzz/store tests/corpus/store \
+	    -max_total_time=$(FUZZ_TIME) -artifact_prefix=.cache/fuzz/crash-store-
 
 # side-by-side with Debian's mosquitto (tests/bench/README.md)
 bench: mqttpx
