@@ -5161,7 +5161,7 @@ store_path(char *out, size_t cap, const char *suffix)
 
 /* Writes the snapshot: FILE.tmp, fsync, rename, fsync of the folder. On
  * any failure the previous file stays and the error is logged; -1. */
-static int
+static __attribute__((noinline)) int
 store_save(void)
 {
     char path[2 * MQX_PATH_MAX + 8], tmp[2 * MQX_PATH_MAX + 8];
@@ -5297,6 +5297,15 @@ store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
     }
     id = rd_u32(&r);
     if (count) { /* first pass: the largest ids */
+        /* ids are pool indexes of the broker that wrote the file: a far
+         * larger one is damage, and would size the maps absurdly */
+        uint32_t lim = (rec->type == MQX_SR_MSG || rec->type == MQX_JR_MSG)
+                           ? g.p_msg.cap
+                           : g.p_sess.cap;
+        if (store_has_sid(rec->type) || rec->type == MQX_SR_MSG ||
+            rec->type == MQX_JR_MSG)
+            if (id >= (lim > (1u << 20) ? lim : 1u << 20) * 4u)
+                return "an id out of range";
         if ((rec->type == MQX_SR_MSG || rec->type == MQX_JR_MSG) &&
             id >= ld->n_mid)
             ld->n_mid = id + 1;
@@ -5326,6 +5335,8 @@ store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
         uint8_t qos = rd_u8(&r), retain = rd_u8(&r);
         struct mqx_str t = rd_str(&r);
         if (r.bad || qos > 2 || t.len == 0) return "bad message record";
+        if (id >= ld->n_mid) return "unknown message";
+        if (ld->mid[id] != NIL) return "a message id twice";
         ld->mid[id] = msg_new(t.p, t.len, r.p, rd_left(&r), qos, retain);
         if (ld->mid[id] == NIL)
             return "more messages than message_store_bytes holds";
@@ -5563,7 +5574,7 @@ store_read(const char *path, size_t *len)
 
 /* Reads the snapshot at start-up; a missing file is an empty start. A
  * damaged one stops the broker: die() names the file and the problem. */
-static void
+static __attribute__((noinline)) void
 store_load(void)
 {
     char path[2 * MQX_PATH_MAX + 8], jpath[2 * MQX_PATH_MAX + 16];
@@ -5641,7 +5652,7 @@ store_load(void)
 
 /* Journal mode at start-up: after the load, a snapshot compacts what the
  * journal held, and an empty journal of its epoch starts. */
-static void
+static __attribute__((noinline)) void
 jr_open(void)
 {
     char jpath[2 * MQX_PATH_MAX + 16];
