@@ -5136,6 +5136,7 @@ jr_reset(void)
     if (!g.journal) return;
     g.jw.n = 0; /* the snapshot holds what was buffered */
     g.jw.err = 0;
+    g.jw.bytes = 0;
     memset(g.jmark, 0, (g.p_msg.cap + 7) / 8);
     hdr[8] = (uint8_t)(g.epoch >> 24);
     hdr[9] = (uint8_t)(g.epoch >> 16);
@@ -5673,6 +5674,12 @@ jr_open(void)
 static void
 store_tick(void)
 {
+    /* a journal longer than twice the message store is compacted: it
+     * holds more history than state */
+    if (g.journal && g.jw.bytes > (uint64_t)g.st.size * 2) {
+        store_save();
+        return;
+    }
     if (!g.cfg.persistence || !g.cfg.autosave_interval || !g.changes) return;
     if (g.cfg.autosave_on_changes
             ? g.changes >= (uint64_t)g.cfg.autosave_interval

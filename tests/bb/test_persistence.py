@@ -340,3 +340,18 @@ def test_journal_torn_tail_is_ignored(broker):
     r = w.open_client(b.port, "r")
     w.sub(r, 1, [("t/1", 0)])
     assert w.recv_pub(r).payload == b"whole"
+
+
+def test_journal_compacts_when_long(broker):
+    # with autosave_interval 0 only a long journal triggers a snapshot:
+    # past twice message_store_bytes (64 KiB here) it is compacted
+    b = broker(conf=BASE + "persistence_journal true\nautosave_interval 0\n"
+               "message_store_bytes 65536\nmax_packet_size 16384\n")
+    p = w.open_client(b.port, "jpub")
+    mark = b.mark()
+    for i in range(200):
+        w.pub(p, "big/%d" % (i % 5), bytes([i % 256]) * 1000, qos=1,
+              retain=True, pid=1 + i)
+    b.wait_log("Saving in-memory database", since=mark)
+    journal = os.path.join(broker.dir, "mqttpx.db.journal")
+    assert os.path.getsize(journal) < 3 * 65536
