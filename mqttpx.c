@@ -5221,8 +5221,13 @@ store_save(void)
             sw_u32(&w, g.nodes[i].retained);
             sw_end(&w);
         }
-    for (i = 0; i < g.p_sess.cap; i++)
-        if (pool_used(&g.p_sess, i) && !g.sess[i].clean) store_put_sess(&w, i);
+    for (i = 0; i < g.p_sess.cap; i++) {
+        const struct sess *x = &g.sess[i];
+        if (!pool_used(&g.p_sess, i) || x->clean) continue;
+        if (x->conn == NIL && x->expire_ms && x->expire_ms <= g.now)
+            continue; /* expired, not yet swept: not worth keeping */
+        store_put_sess(&w, i);
+    }
     {
         uint32_t n = w.count;
         sw_begin(&w, MQX_SR_END, 4);

@@ -1027,6 +1027,60 @@ test_store_crashers(void)
     }
 }
 
+/* A session whose expiry (persistent_client_expiration) passed while the
+ * broker was down is dropped at load; one still valid is kept. */
+static void
+test_store_expiry(void)
+{
+    static char path[256];
+    static uint8_t buf[4096];
+    size_t n, off = MQX_STORE_HDR;
+    uint32_t s1, s2;
+    FILE *f;
+    struct mqx_store_rec rec;
+    const char *err;
+
+    memcpy(store_dir + strlen(store_dir) - 6, "XXXXXX", 6); /* a new one */
+    CHECK(mkdtemp(store_dir) != NULL);
+    snprintf(path, sizeof path, "%s/mqttpx.db", store_dir);
+    store_setup();
+    s1 = mk_sess("gone");
+    s2 = mk_sess("kept");
+    g.sess[s1].expire_ms = g.now + 60000; /* offline, a minute left */
+    g.sess[s2].expire_ms = g.now + 60000;
+    CHECK(store_save() == 0);
+    broker_teardown();
+    f = fopen(path, "rb");
+    CHECK(f != NULL);
+    if (!f) return;
+    n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    /* move the first session's expiry into the past, fix its CRC */
+    while (mqx_store_next(buf, n, &off, &rec, &err) == MQX_DONE) {
+        if (rec.type == MQX_SR_SESS && rec.body[14] == 'g') {
+            uint8_t *p = (uint8_t *)(uintptr_t)rec.body;
+            uint32_t c;
+            p[8] = p[9] = p[10] = 0;
+            p[11] = 1; /* 1970 */
+            c = mqx_crc32c(0, p - 5, 5 + (size_t)rec.len);
+            p[rec.len] = (uint8_t)(c >> 24);
+            p[rec.len + 1] = (uint8_t)(c >> 16);
+            p[rec.len + 2] = (uint8_t)(c >> 8);
+            p[rec.len + 3] = (uint8_t)c;
+        }
+    }
+    f = fopen(path, "wb");
+    CHECK(f != NULL && fwrite(buf, 1, n, f) == n);
+    if (f) fclose(f);
+    store_setup();
+    store_load();
+    CHECK(sess_find((const uint8_t *)"gone", 4) == NIL);
+    CHECK(sess_find((const uint8_t *)"kept", 4) != NIL);
+    broker_teardown();
+    unlink(path);
+    rmdir(store_dir);
+}
+
 int
 main(void)
 {
@@ -1049,6 +1103,7 @@ main(void)
     test_store_records();
     test_store_golden();
     test_store_crashers();
+    test_store_expiry();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
