@@ -60,7 +60,8 @@ unit-proxy: tests/unit-proxy
 
 # libFuzzer targets (clang)
 tests/fuzz_proxy.bin tests/fuzz_mqtt.bin tests/fuzz_cfg.bin tests/fuzz_auth.bin \
-    tests/fuzz_store.bin: tests/fuzz_%.bin: tests/fuzz_%.c mqttpx.c mqttpx.h
+    tests/fuzz_store.bin tests/fuzz_journal.bin: tests/fuzz_%.bin: \
+    tests/fuzz_%.c mqttpx.c mqttpx.h
 	clang -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(DEFS) \
 	    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	    -o $@ $< $(TLSLIBS)
@@ -68,26 +69,28 @@ tests/fuzz_proxy.bin tests/fuzz_mqtt.bin tests/fuzz_cfg.bin tests/fuzz_auth.bin 
 # the same targets behind a plain main() that replays files (gcc + SAN)
 tests/fuzz_proxy_replay.bin tests/fuzz_mqtt_replay.bin \
     tests/fuzz_cfg_replay.bin tests/fuzz_auth_replay.bin \
-    tests/fuzz_store_replay.bin: tests/fuzz_%_replay.bin: tests/fuzz_replay.c \
+    tests/fuzz_store_replay.bin tests/fuzz_journal_replay.bin: \
+    tests/fuzz_%_replay.bin: tests/fuzz_replay.c \
     tests/fuzz_%.c mqttpx.c mqttpx.h
 	$(CC) -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(SAN) $(DEFS) \
 	    -o $@ tests/fuzz_replay.c tests/fuzz_$*.c $(TLSLIBS)
 
 fuzz-replay: tests/fuzz_proxy_replay.bin tests/fuzz_mqtt_replay.bin \
     tests/fuzz_cfg_replay.bin tests/fuzz_auth_replay.bin \
-    tests/fuzz_store_replay.bin
+    tests/fuzz_store_replay.bin tests/fuzz_journal_replay.bin
 	./tests/fuzz_proxy_replay.bin tests/corpus/proxy
 	./tests/fuzz_mqtt_replay.bin tests/corpus/mqtt
 	./tests/fuzz_cfg_replay.bin tests/corpus/cfg
 	./tests/fuzz_auth_replay.bin tests/corpus/auth
 	./tests/fuzz_store_replay.bin tests/corpus/store
+	./tests/fuzz_journal_replay.bin tests/corpus/journal
 
 # $(FUZZ_TIME) s per target; what it learns stays in .cache/fuzz/; a crasher
 # is written to .cache/fuzz/crash-*: add it to tests/corpus/<target>/
 fuzz: tests/fuzz_proxy.bin tests/fuzz_mqtt.bin tests/fuzz_cfg.bin \
-    tests/fuzz_auth.bin tests/fuzz_store.bin
+    tests/fuzz_auth.bin tests/fuzz_store.bin tests/fuzz_journal.bin
 	mkdir -p .cache/fuzz/proxy .cache/fuzz/mqtt .cache/fuzz/cfg \
-	    .cache/fuzz/auth .cache/fuzz/store
+	    .cache/fuzz/auth .cache/fuzz/store .cache/fuzz/journal
 	./tests/fuzz_proxy.bin .cache/fuzz/proxy tests/corpus/proxy \
 	    -max_total_time=$(FUZZ_TIME) -max_len=4200 \
 	    -artifact_prefix=.cache/fuzz/crash-proxy-
@@ -99,6 +102,9 @@ fuzz: tests/fuzz_proxy.bin tests/fuzz_mqtt.bin tests/fuzz_cfg.bin \
 	    -max_total_time=$(FUZZ_TIME) -artifact_prefix=.cache/fuzz/crash-auth-
 	./tests/fuzz_store.bin .cache/fuzz/store tests/corpus/store \
 	    -max_total_time=$(FUZZ_TIME) -artifact_prefix=.cache/fuzz/crash-store-
+	./tests/fuzz_journal.bin .cache/fuzz/journal tests/corpus/journal \
+	    -max_total_time=$(FUZZ_TIME) \
+	    -artifact_prefix=.cache/fuzz/crash-journal-
 
 # side-by-side with Debian's mosquitto (tests/bench/README.md)
 bench: mqttpx
