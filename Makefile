@@ -61,7 +61,7 @@ unit-proxy: tests/unit-proxy
 # libFuzzer targets (clang)
 tests/fuzz_proxy.bin tests/fuzz_mqtt.bin tests/fuzz_cfg.bin tests/fuzz_auth.bin \
     tests/fuzz_store.bin tests/fuzz_journal.bin: tests/fuzz_%.bin: \
-    tests/fuzz_%.c mqttpx.c mqttpx.h
+    tests/fuzz_%.c tests/store_harness.h mqttpx.c mqttpx.h
 	clang -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(DEFS) \
 	    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	    -o $@ $< $(TLSLIBS)
@@ -71,7 +71,7 @@ tests/fuzz_proxy_replay.bin tests/fuzz_mqtt_replay.bin \
     tests/fuzz_cfg_replay.bin tests/fuzz_auth_replay.bin \
     tests/fuzz_store_replay.bin tests/fuzz_journal_replay.bin: \
     tests/fuzz_%_replay.bin: tests/fuzz_replay.c \
-    tests/fuzz_%.c mqttpx.c mqttpx.h
+    tests/fuzz_%.c tests/store_harness.h mqttpx.c mqttpx.h
 	$(CC) -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(SAN) $(DEFS) \
 	    -o $@ tests/fuzz_replay.c tests/fuzz_$*.c $(TLSLIBS)
 
