@@ -44,6 +44,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import cpu_model, free_port, say  # noqa: E402  (the bench's own)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 TOOL = os.path.join(HERE, "mqttpx-bench")
@@ -80,18 +83,6 @@ MODES = {
 }
 
 problems = []
-
-
-def say(*a):
-    print(*a, file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 # ---- /proc -------------------------------------------------------------
@@ -530,17 +521,6 @@ def fb(x):
         if abs(x) >= div:
             return "%.2f %s" % (x / div, unit)
     return "%.0f B" % x
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def main():
