@@ -6892,17 +6892,8 @@ loop_tail(struct conn *c)
     if (c->state != CONN_CLOSING) loop_keep(c, c->rx + used, c->rx_len - used);
 }
 
-static void loop_read_inner(struct conn *c);
-
 static void
 loop_read(struct conn *c)
-{
-    conn_touch(c);
-    loop_read_inner(c);
-}
-
-static void
-loop_read_inner(struct conn *c)
 {
     size_t have = c->rx_len, need = c->rx ? loop_need(c->rx, have) : 0;
     int big = need > MQX_SCRATCH / 2;
@@ -6910,6 +6901,7 @@ loop_read_inner(struct conn *c)
     size_t cap = big ? c->rx_cap : MQX_SCRATCH, used;
     ssize_t n;
 
+    conn_touch(c); /* activity: it joins the hot set */
     if (!big) {
         /* read no more than the store's free part can keep as a tail if
          * the packets in it cannot be stored; at least 1 KiB, so that
