@@ -103,9 +103,10 @@
 #define MQX_ADDR_LEN     64    /* "[v6addr]:port" or a unix path, printable */
 #define MQX_ID_MAX       65535 /* client id bytes (UTF-8 string limit) */
 #define MQX_PATH_MAX     256
-#define MQX_SCAN_MS      250 /* deadline scan period */
-#define MQX_FULL_POLL_MS 50  /* all slots polled this often, +1 ms per 200 */
-#define MQX_HOT_MS       250 /* a quiet connection leaves the hot set */
+#define MQX_CIPHERS_LEN  1024 /* a ciphers or ciphers_tls1.3 line */
+#define MQX_SCAN_MS      250  /* deadline scan period */
+#define MQX_FULL_POLL_MS 50   /* all slots polled this often, +1 ms per 200 */
+#define MQX_HOT_MS       250  /* a quiet connection leaves the hot set */
 #define MQX_LOG_LINE     1024
 #define MQX_LOG_EVERY_MS 10000 /* rate limit window for repeated lines */
 
@@ -153,6 +154,15 @@ struct listener {
     int64_t proxy_timeout;                                         /* seconds */
     int line_tls, line_cert, line_ident, line_timeout, line_local; /* R5 */
     struct mqx_cidr trusted[MQX_MAX_TRUSTED];
+    /* native TLS [11]: a listener with certfile and keyfile */
+    uint8_t tls;         /* certfile and keyfile given */
+    uint8_t use_subject; /* use_subject_as_username */
+    uint8_t tls_min;     /* tls_version: 0 (1.2 and 1.3), 12 or 13 */
+    char certfile[MQX_PATH_MAX], keyfile[MQX_PATH_MAX], cafile[MQX_PATH_MAX];
+    char capath[MQX_PATH_MAX], crlfile[MQX_PATH_MAX];
+    char ciphers[MQX_CIPHERS_LEN], ciphers13[MQX_CIPHERS_LEN];
+    int line_certfile, line_keyfile, line_cafile, line_capath, line_crlfile;
+    int line_ciphers, line_ciphers13, line_tlsver, line_subject;
 };
 
 /* Every option's value. Numbers are int64_t so one table parses them. */
@@ -185,6 +195,7 @@ struct cfg {
     int64_t max_retained_bytes;
     int64_t message_store_bytes;
     int64_t max_queued_total;
+    int64_t max_tls_connections; /* -1 until cfg_finish() settles it */
     int64_t persistence;
     int64_t autosave_interval;
     int64_t autosave_on_changes;
@@ -198,7 +209,7 @@ struct cfg {
     char log_file[MQX_PATH_MAX];
     char pid_file[MQX_PATH_MAX];
     char user[64];
-    char err[512]; /* the error of a failed parse */
+    char err[4096]; /* the error of a failed parse */
 };
 
 /* A buffered writer of store records [12]: snapshot and journal. */
@@ -312,7 +323,16 @@ struct sess {
     uint8_t lsn; /* listener of its last connection: the auth domain */
 };
 
-enum { CONN_FREE = 0, CONN_PROXY, CONN_NEW, CONN_ONLINE, CONN_CLOSING };
+/* PROXY: waiting for the header; TLS: handshaking; NEW: waiting for
+ * CONNECT; ONLINE: CONNECTed; CLOSING: to be reaped */
+enum {
+    CONN_FREE = 0,
+    CONN_PROXY,
+    CONN_TLS,
+    CONN_NEW,
+    CONN_ONLINE,
+    CONN_CLOSING
+};
 /* What the PROXY header said, kept per connection (R45) */
 enum {
     PP_VIA = 1,   /* a header was accepted: addr is the proxied client */
@@ -320,14 +340,16 @@ enum {
     PP_DENY = 4,  /* LOCAL whose TLS facts fail the listener: CONNACK 5 */
     PP_NO_CN = 8, /* identity required, no usable CN: CONNACK 4 (R43) */
     PP_MQTT = 16, /* an MQTT byte followed: the summary line is logged */
+    PP_TLS = 32,  /* native TLS: the first byte was a handshake record */
 };
 enum {
-    CF_DIRTY = 1,      /* in g.dirty: output to fill or flush */
-    CF_THROTTLED = 2,  /* not reading: the store is nearly full */
-    CF_WILL = 4,       /* publish the will when reaped */
-    CF_POLLOUT = 8,    /* a write was short: wait for POLLOUT */
-    CF_QUIET = 16,     /* no "closed its connection" line */
-    CF_FLUSHCLOSE = 32 /* write what is queued, then close */
+    CF_DIRTY = 1,       /* in g.dirty: output to fill or flush */
+    CF_THROTTLED = 2,   /* not reading: the store is nearly full */
+    CF_WILL = 4,        /* publish the will when reaped */
+    CF_POLLOUT = 8,     /* a write was short: wait for POLLOUT */
+    CF_QUIET = 16,      /* no "closed its connection" line */
+    CF_FLUSHCLOSE = 32, /* write what is queued, then close */
+    CF_TLSMORE = 64     /* mbedTLS holds bytes not yet read: read again */
 };
 
 struct conn {
@@ -342,6 +364,7 @@ struct conn {
     uint32_t resend;    /* next inflight entry to resend after resume */
     uint32_t active_ms; /* low 32 bits of g.now at its last activity */
     uint32_t hot_pos;   /* index in g.hot, NIL when not hot */
+    uint32_t tls;       /* TLS session slot [11], NIL: plain TCP */
     int64_t deadline_ms;
     uint8_t *rx; /* partial packet (store block), NULL when none */
     uint32_t rx_len, rx_cap;
@@ -352,6 +375,8 @@ struct conn {
     uint8_t *pp_info;        /* store block: "via\0summary\0CN" (PROXY only) */
     uint16_t pp_cn_len;      /* CN bytes at the end of pp_info */
 };
+
+struct tls_slot; /* one mbedTLS session, defined in [11] */
 
 struct lsock {
     int fd;
@@ -365,21 +390,22 @@ struct broker {
     uint8_t *arena;
     size_t arena_size, arena_off;
     struct store st;
-    struct pool p_conn, p_sess, p_sub, p_node, p_msg, p_qent;
+    struct pool p_conn, p_sess, p_sub, p_node, p_msg, p_qent, p_tls;
     struct conn *conns;
     struct sess *sess;
     struct sub *subs;
     struct node *nodes;
     struct msg *msgs;
     struct qent *qents;
-    uint32_t *node_ht;   /* (parent, name) -> node, open addressing */
-    uint32_t *sess_ht;   /* client id -> session, chained */
-    uint32_t *match;     /* sessions matched by one routing pass */
-    uint32_t *dirty;     /* connections with output to fill or flush */
-    uint32_t *hot;       /* connections active lately: polled every time */
-    struct pollfd *hpfd; /* the compact pollfd array of a hot poll */
-    uint8_t *scratch;    /* the shared read buffer */
-    struct pollfd *pfd;  /* listeners first, then one per connection slot */
+    struct tls_slot *tls; /* TLS sessions, max_tls_connections */
+    uint32_t *node_ht;    /* (parent, name) -> node, open addressing */
+    uint32_t *sess_ht;    /* client id -> session, chained */
+    uint32_t *match;      /* sessions matched by one routing pass */
+    uint32_t *dirty;      /* connections with output to fill or flush */
+    uint32_t *hot;        /* connections active lately: polled every time */
+    struct pollfd *hpfd;  /* the compact pollfd array of a hot poll */
+    uint8_t *scratch;     /* the shared read buffer */
+    struct pollfd *pfd;   /* listeners first, then one per connection slot */
     uint32_t node_ht_mask, sess_ht_mask;
     uint32_t n_match, stamp, n_dirty, n_hot;
     /* [8] retained, [9] subscriptions */
@@ -406,6 +432,9 @@ struct broker {
     uint64_t conns_refused, conns_total;
     /* R57 */
     uint64_t pp_accepted, pp_rejected, pp_timeout, pp_local, pp_untrusted;
+    /* [11] TLS */
+    uint64_t tls_failed, tls_refused;
+    int tls_more; /* some connection has CF_TLSMORE */
     /* [12] persistence */
     uint8_t *pmark; /* one bit per message: written in this snapshot */
     uint8_t *jmark; /* one bit per message: in the journal's epoch */
@@ -707,7 +736,7 @@ __attribute__((noreturn));
 static void
 die(const char *fmt, ...)
 {
-    char msg[1024];
+    static char msg[8192]; /* a cipher error lists every suite */
     va_list ap;
 
     va_start(ap, fmt);
@@ -1051,11 +1080,34 @@ static const struct cfg_key cfg_keys[] = {
                "PROXY v2 listener: refuse clients that did not use TLS to the "
                "proxy (R2, R40)"),
     CK_SPECIAL("require_certificate",
-               "PROXY v2 listener: refuse clients without a verified "
-               "certificate at the proxy (R3, R41)"),
+               "TLS listener: clients must present a certificate that "
+               "cafile/capath verify; PROXY v2 listener: refuse clients "
+               "without a verified certificate at the proxy (R3, R41)"),
     CK_SPECIAL("use_identity_as_username",
-               "PROXY v2 listener: the certificate CN is the username (R4, "
-               "R43); needs require_certificate"),
+               "TLS or PROXY v2 listener: the certificate CN is the username "
+               "(R4, R43), no password check; needs require_certificate"),
+    CK_SPECIAL("use_subject_as_username",
+               "TLS listener: the certificate subject (RFC 2253, e.g. "
+               "CN=a,O=b,C=GB) is the username; needs require_certificate"),
+    CK_SPECIAL("certfile", "TLS listener: server certificate chain (PEM); "
+                           "with keyfile, the listener speaks TLS"),
+    CK_SPECIAL("keyfile", "TLS listener: private key of certfile (PEM, not "
+                          "password protected)"),
+    CK_SPECIAL("cafile", "TLS listener: CA certificates that verify client "
+                         "certificates (PEM)"),
+    CK_SPECIAL("capath", "TLS listener: a folder of CA certificates (PEM "
+                         "files)"),
+    CK_SPECIAL("crlfile", "TLS listener: revoked client certificates (PEM "
+                          "CRL)"),
+    CK_SPECIAL("tls_version", "TLS listener: lowest version accepted, "
+                              "tlsv1.2 (default) or tlsv1.3"),
+    CK_SPECIAL("ciphers", "TLS listener: TLS 1.2 suites allowed, "
+                          "colon-separated mbedTLS or IANA names"),
+    CK_SPECIAL("ciphers_tls1.3", "TLS listener: TLS 1.3 suites allowed, "
+                                 "e.g. TLS_AES_128_GCM_SHA256"),
+    CK_INT(max_tls_connections, CT_INT, -1, MQX_MAX_CONNECTIONS, -1,
+           "TLS sessions at once (mbedTLS memory, about 40 KB each); -1: 32 "
+           "when a TLS listener exists, else 0; when full: refused"),
     CK_SPECIAL("proxy_protocol_trusted_sources",
                "PROXY listener: CIDRs allowed to connect (R6, R10); "
                "repeatable"),
@@ -1488,6 +1540,82 @@ cfg_proxy(struct cfg *c, const char *file, int line, const char *key,
     return 0;
 }
 
+/* The TLS options of a listener (Mosquitto's names). Files are read by
+ * tls_load() [11] once the whole configuration is known. */
+static int
+cfg_tls(struct cfg *c, const char *file, int line, const char *key, char **arg,
+        int n_arg)
+{
+    struct listener *l;
+    static const struct {
+        const char *key;
+        size_t off, len, line;
+    } paths[] = {
+#define TLS_PATH(k, f, ln)                                                     \
+    {k, offsetof(struct listener, f), sizeof(((struct listener *)0)->f),       \
+     offsetof(struct listener, ln)}
+        TLS_PATH("certfile", certfile, line_certfile),
+        TLS_PATH("keyfile", keyfile, line_keyfile),
+        TLS_PATH("cafile", cafile, line_cafile),
+        TLS_PATH("capath", capath, line_capath),
+        TLS_PATH("crlfile", crlfile, line_crlfile),
+        TLS_PATH("ciphers", ciphers, line_ciphers),
+        TLS_PATH("ciphers_tls1.3", ciphers13, line_ciphers13),
+#undef TLS_PATH
+    };
+    size_t i;
+
+    if (c->n_lsn == 0) {
+        cfg_err(c, file, line, "%s must follow a listener line", key);
+        return -1;
+    }
+    if (!MQX_TLS) {
+        cfg_err(c, file, line,
+                "%s: this mqttpx was built without TLS (make TLS=0); rebuild "
+                "with TLS=1, or terminate TLS in HAProxy",
+                key);
+        return -1;
+    }
+    l = &c->lsn[c->n_lsn - 1];
+    if (n_arg != 1) {
+        cfg_err(c, file, line, "%s: expected one value", key);
+        return -1;
+    }
+    for (i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        if (strcmp(key, paths[i].key) != 0) continue;
+        if (strlen(arg[0]) >= paths[i].len) {
+            cfg_err(c, file, line, "%s: value too long", key);
+            return -1;
+        }
+        str_set((char *)l + paths[i].off, paths[i].len, arg[0]);
+        *(int *)(void *)((char *)l + paths[i].line) = line;
+        return 0;
+    }
+    if (strcmp(key, "tls_version") == 0) {
+        if (strcmp(arg[0], "tlsv1.2") == 0)
+            l->tls_min = 12;
+        else if (strcmp(arg[0], "tlsv1.3") == 0)
+            l->tls_min = 13;
+        else {
+            cfg_err(c, file, line,
+                    "tls_version: '%s' is not supported; use tlsv1.2 or "
+                    "tlsv1.3 (the lowest version accepted)",
+                    arg[0]);
+            return -1;
+        }
+        l->line_tlsver = line;
+        return 0;
+    }
+    /* use_subject_as_username */
+    if (cfg_bool(arg[0], &l->use_subject)) {
+        cfg_err(c, file, line, "%s: expected true or false, not '%s'", key,
+                arg[0]);
+        return -1;
+    }
+    l->line_subject = line;
+    return 0;
+}
+
 static int
 cfg_special(struct cfg *c, const char *file, int line, const char *key,
             char **arg, int n_arg, int depth)
@@ -1518,6 +1646,12 @@ cfg_special(struct cfg *c, const char *file, int line, const char *key,
             c->max_connections = v;
         return 0;
     }
+    if (strcmp(key, "certfile") == 0 || strcmp(key, "keyfile") == 0 ||
+        strcmp(key, "cafile") == 0 || strcmp(key, "capath") == 0 ||
+        strcmp(key, "crlfile") == 0 || strcmp(key, "tls_version") == 0 ||
+        strcmp(key, "ciphers") == 0 || strcmp(key, "ciphers_tls1.3") == 0 ||
+        strcmp(key, "use_subject_as_username") == 0)
+        return cfg_tls(c, file, line, key, arg, n_arg);
     if (strncmp(key, "proxy_protocol", 14) == 0 ||
         strcmp(key, "enable_proxy_protocol") == 0 ||
         strcmp(key, "require_certificate") == 0 ||
@@ -1719,11 +1853,128 @@ cfg_parse_file(struct cfg *c, const char *path, int depth)
     return rc;
 }
 
+/* The TLS and PROXY options of one listener: only where they mean
+ * something (R5). 0, or -1 with c->err. */
+static int
+cfg_finish_tls(struct cfg *c, struct listener *l)
+{
+    int pv = l->proxy, line;
+    const char *what;
+
+    l->tls = l->certfile[0] || l->keyfile[0];
+    if (l->tls && pv) { /* R5, Mosquitto's text */
+        cfg_err(c, l->file,
+                l->line_certfile ? l->line_certfile : l->line_keyfile,
+                "certfile and keyfile cannot be used with "
+                "`enable_proxy_protocol %d`.",
+                pv);
+        return -1;
+    }
+    if (l->use_subject && pv) { /* R5 */
+        cfg_err(c, l->file, l->line_subject,
+                "use_subject_as_username cannot be used with "
+                "`enable_proxy_protocol %d`.",
+                pv);
+        return -1;
+    }
+    if (l->tls && (!l->certfile[0] || !l->keyfile[0])) {
+        cfg_err(c, l->file, l->certfile[0] ? l->line_certfile : l->line_keyfile,
+                "listener %u: %s needs %s too", l->port,
+                l->certfile[0] ? "certfile" : "keyfile",
+                l->certfile[0] ? "keyfile" : "certfile");
+        return -1;
+    }
+    line = l->line_cafile      ? l->line_cafile
+           : l->line_capath    ? l->line_capath
+           : l->line_crlfile   ? l->line_crlfile
+           : l->line_tlsver    ? l->line_tlsver
+           : l->line_ciphers   ? l->line_ciphers
+           : l->line_ciphers13 ? l->line_ciphers13
+           : l->use_subject    ? l->line_subject
+                               : 0;
+    if (line && !l->tls) {
+        cfg_err(c, l->file, line,
+                "listener %u: TLS options need certfile and keyfile (a TLS "
+                "listener)",
+                l->port);
+        return -1;
+    }
+    line = l->line_tls && l->proxy_require_tls      ? l->line_tls
+           : l->line_cert && l->require_certificate ? l->line_cert
+           : l->line_ident && l->use_identity       ? l->line_ident
+                                                    : 0;
+    what = line == l->line_tls && l->line_tls ? "proxy_protocol_v2_require_tls"
+           : line == l->line_cert && l->line_cert ? "require_certificate"
+                                                  : "use_identity_as_username";
+    if (line && pv != 2 && (pv == 1 || !l->tls || l->line_tls == line)) {
+        cfg_err(c, l->file, line, "listener %u: %s needs %s", l->port, what,
+                pv == 1 ? "enable_proxy_protocol 2 (PROXY v1 carries no TLS "
+                          "facts)"
+                : l->line_tls == line
+                    ? "enable_proxy_protocol 2"
+                    : "certfile and keyfile (a TLS listener) or "
+                      "enable_proxy_protocol 2");
+        return -1;
+    }
+    if (l->use_subject && !l->require_certificate) {
+        cfg_err(c, l->file, l->line_subject,
+                "listener %u: use_subject_as_username needs "
+                "require_certificate true",
+                l->port);
+        return -1;
+    }
+    if (l->use_subject && l->use_identity) {
+        cfg_err(c, l->file, l->line_subject,
+                "listener %u: use_subject_as_username and "
+                "use_identity_as_username exclude each other",
+                l->port);
+        return -1;
+    }
+    if (l->tls && l->require_certificate && !l->cafile[0] && !l->capath[0]) {
+        cfg_err(c, l->file, l->line_cert,
+                "listener %u: require_certificate true needs cafile or "
+                "capath to verify client certificates",
+                l->port);
+        return -1;
+    }
+    return 0;
+}
+
+/* The listener rules; the number of TLS listeners, or -1 with c->err. */
+static int
+cfg_finish_listeners(struct cfg *c)
+{
+    int n_tls = 0;
+
+    for (uint32_t i = 0; i < c->n_lsn; i++) {
+        struct listener *l = &c->lsn[i];
+        if (cfg_finish_tls(c, l)) return -1;
+        if (l->tls) n_tls++;
+        if (l->use_identity && !l->require_certificate) { /* R5 */
+            cfg_err(c, l->file, l->line_ident,
+                    "listener %u: use_identity_as_username needs "
+                    "require_certificate true",
+                    l->port);
+            return -1;
+        }
+        if (!l->proxy && (l->n_trusted || l->line_timeout || l->line_local)) {
+            cfg_err(c, l->file, l->line,
+                    "listener %u: proxy_protocol options without "
+                    "enable_proxy_protocol",
+                    l->port);
+            return -1;
+        }
+    }
+    return n_tls;
+}
+
 /* Fills in what depends on several options; -1 with c->err when the
  * combination cannot work. */
 static int
 cfg_finish(struct cfg *c)
 {
+    int n_tls;
+
     if (c->max_connections < 0) c->max_connections = 1024;
     if (c->max_connections == 0) {
         snprintf(c->err, sizeof c->err,
@@ -1746,39 +1997,16 @@ cfg_finish(struct cfg *c)
                  "persistence_journal true needs persistence true");
         return -1;
     }
-    for (uint32_t i = 0; i < c->n_lsn; i++) {
-        const struct listener *l = &c->lsn[i];
-        int bad_line = l->line_tls && l->proxy_require_tls      ? l->line_tls
-                       : l->line_cert && l->require_certificate ? l->line_cert
-                       : l->line_ident && l->use_identity       ? l->line_ident
-                                                                : 0;
-        const char *what = bad_line == l->line_tls && l->line_tls
-                               ? "proxy_protocol_v2_require_tls"
-                           : bad_line == l->line_cert && l->line_cert
-                               ? "require_certificate"
-                               : "use_identity_as_username";
-        if (bad_line && l->proxy != 2) { /* R5 */
-            cfg_err(c, l->file, bad_line,
-                    "listener %u: %s needs enable_proxy_protocol 2 (%s)",
-                    l->port, what,
-                    l->proxy == 1 ? "PROXY v1 carries no TLS facts"
-                                  : "TLS listeners are not supported yet");
-            return -1;
-        }
-        if (l->use_identity && !l->require_certificate) { /* R5 */
-            cfg_err(c, l->file, l->line_ident,
-                    "listener %u: use_identity_as_username needs "
-                    "require_certificate true",
-                    l->port);
-            return -1;
-        }
-        if (!l->proxy && (l->n_trusted || l->line_timeout || l->line_local)) {
-            cfg_err(c, l->file, l->line,
-                    "listener %u: proxy_protocol options without "
-                    "enable_proxy_protocol",
-                    l->port);
-            return -1;
-        }
+    n_tls = cfg_finish_listeners(c);
+    if (n_tls < 0) return -1;
+    if (c->max_tls_connections < 0) c->max_tls_connections = n_tls ? 32 : 0;
+    if (c->max_tls_connections > c->max_connections)
+        c->max_tls_connections = c->max_connections;
+    if (n_tls && c->max_tls_connections == 0) {
+        snprintf(c->err, sizeof c->err,
+                 "max_tls_connections: 0 leaves no room for the clients of "
+                 "the TLS listeners");
+        return -1;
     }
     return 0;
 }
@@ -1815,13 +2043,21 @@ static int
 cfg_restart_only(const char *name)
 {
     static const char *const keys[] = {
-        "max_sessions",     "max_subscriptions",
-        "max_topic_nodes",  "message_store_bytes",
-        "max_queued_total", "max_packet_size",
-        "memory_limit",     "user",
-        "pid_file",         "per_listener_settings",
-        "persistence",      "persistence_location",
-        "persistence_file", "persistence_journal",
+        "max_sessions",
+        "max_subscriptions",
+        "max_topic_nodes",
+        "message_store_bytes",
+        "max_queued_total",
+        "max_packet_size",
+        "memory_limit",
+        "user",
+        "pid_file",
+        "per_listener_settings",
+        "persistence",
+        "persistence_location",
+        "persistence_file",
+        "persistence_journal",
+        "max_tls_connections",
     };
     size_t i;
 
@@ -1844,7 +2080,15 @@ cfg_listener_same(const struct listener *a, const struct listener *b)
            a->max_connections == b->max_connections &&
            a->n_trusted == b->n_trusted &&
            memcmp(a->trusted, b->trusted,
-                  a->n_trusted * sizeof a->trusted[0]) == 0;
+                  a->n_trusted * sizeof a->trusted[0]) == 0 &&
+           a->use_subject == b->use_subject && a->tls_min == b->tls_min &&
+           strcmp(a->certfile, b->certfile) == 0 &&
+           strcmp(a->keyfile, b->keyfile) == 0 &&
+           strcmp(a->cafile, b->cafile) == 0 &&
+           strcmp(a->capath, b->capath) == 0 &&
+           strcmp(a->crlfile, b->crlfile) == 0 &&
+           strcmp(a->ciphers, b->ciphers) == 0 &&
+           strcmp(a->ciphers13, b->ciphers13) == 0;
 }
 
 /* ==== [6] PROXY v1/v2 parser ==== */
@@ -4620,7 +4864,8 @@ ret_match(uint32_t s, uint32_t nd, const uint8_t *f, size_t n, size_t pos,
 /* ==== [11] Crypto glue: the only place mbedtls_* appears ==== */
 /* Password hashing (SHA-512 and PBKDF2-HMAC-SHA512, Mosquitto's $6$ and
  * $7$) through mbedTLS's crypto library, present in every build (TLS=0
- * too). Shims cover mbedTLS 2.28 (Debian) and 3.6 (OpenWrt). */
+ * too), then native TLS (TLS=1). Shims cover mbedTLS 2.28 (Debian) and
+ * 3.6 (OpenWrt). */
 
 #include <mbedtls/md.h>
 #include <mbedtls/pkcs5.h>
@@ -4721,6 +4966,704 @@ auth_password_ok(const struct pwent *e, struct mqx_str pass)
         return 0;
     return hash_equal(h, e->hash);
 }
+
+/* -- Native TLS: listeners with certfile and keyfile -------------------- */
+/* One mbedtls_ssl_config per TLS listener, loaded at start-up (tls_load);
+ * one session per TLS connection from a pool of max_tls_connections
+ * slots. mbedTLS sets a session's buffers up at accept and frees them at
+ * close (its own allocator: Debian's and OpenWrt's builds have no
+ * MBEDTLS_PLATFORM_MEMORY), so the heap it uses is bounded by the pool;
+ * after the handshake a session's reads and writes do not allocate. The
+ * socket I/O goes through tls_bio_*: non-blocking, WANT_READ/WANT_WRITE
+ * map to poll() events. Builds with mbedTLS 2.28 and 3.x; needs none of
+ * MBEDTLS_VERSION_C, MBEDTLS_DEBUG_C, static-RSA or DHE key exchange. */
+
+#if MQX_TLS
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/net_sockets.h>
+#include <mbedtls/oid.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/x509_crl.h>
+#include <mbedtls/x509_crt.h>
+#if defined(MBEDTLS_ERROR_C)
+#include <mbedtls/error.h>
+#endif
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000
+#include <psa/crypto.h>
+#define TLS_V3 1
+#else
+#define TLS_V3 0
+#endif
+#ifndef MBEDTLS_PRIVATE /* 2.x: every field is public */
+#define MBEDTLS_PRIVATE(m) m
+#endif
+#if TLS_V3 && defined(MBEDTLS_SSL_PROTO_TLS1_3)
+#define TLS_HAVE_13 1
+#else
+#define TLS_HAVE_13 0
+#endif
+#define TLS_SUITES 256 /* ciphersuite ids of one listener */
+
+struct tls_slot {
+    mbedtls_ssl_context ssl;
+    uint32_t wlen; /* a write mbedTLS wants repeated with this length */
+    int end;       /* a read's end (0 or -1) held back behind its data */
+    uint8_t done;  /* handshake over */
+};
+
+static struct tls_lsn {
+    mbedtls_ssl_config conf;
+    mbedtls_x509_crt cert, ca;
+    mbedtls_x509_crl crl;
+    mbedtls_pk_context key;
+    int suites[TLS_SUITES + 1];
+} tls_l[MQX_MAX_LISTENERS];
+static mbedtls_entropy_context tls_entropy;
+static mbedtls_ctr_drbg_context tls_drbg;
+
+static const char *
+tls_strerror(int rc, char *buf, size_t cap)
+{
+#if defined(MBEDTLS_ERROR_C)
+    mbedtls_strerror(rc, buf, cap);
+#else
+    snprintf(buf, cap, "mbedTLS error -0x%04x", (unsigned)-rc);
+#endif
+    return buf;
+}
+
+/* "mbedTLS 2.28.3 (TLS 1.2)": for -t, the budget line and errors */
+static const char *
+tls_lib(void)
+{
+    return "mbedTLS " MBEDTLS_VERSION_STRING
+#if TLS_HAVE_13
+           " (TLS 1.2, 1.3)";
+#else
+           " (TLS 1.2)";
+#endif
+}
+
+/* Bytes one session holds at most between handshakes: the context, both
+ * record buffers (MBEDTLS_SSL_IN/OUT_CONTENT_LEN of the mbedTLS build)
+ * with their record overhead, the session and the peer certificate. */
+static size_t
+tls_session_bytes(void)
+{
+    return sizeof(struct tls_slot) + MBEDTLS_SSL_IN_CONTENT_LEN +
+           MBEDTLS_SSL_OUT_CONTENT_LEN + (size_t)2 * 512 + 4096;
+}
+
+/* Why a file cannot be used: errno's words when it cannot be read. */
+static const char *
+tls_file_err(const char *path, int rc, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+
+    if (!f) {
+        snprintf(buf, cap, "%s", strerror(errno));
+        return buf;
+    }
+    fclose(f);
+    return tls_strerror(rc, buf, cap);
+}
+
+/* A suite name as mbedTLS spells it: IANA's underscores become dashes,
+ * and TLS 1.3 names get mbedTLS's "TLS1-3-" prefix. 0: unknown. */
+static int
+tls_suite_id(const char *name, size_t n, int v13)
+{
+    char b[96];
+    size_t i, o = 0;
+    int id;
+
+    if (n + 8 >= sizeof b) return 0;
+    if (v13 && n > 4 && memcmp(name, "TLS_", 4) == 0) {
+        memcpy(b, "TLS1-3-", 7);
+        o = 7;
+        name += 4;
+        n -= 4;
+    }
+    for (i = 0; i < n; i++)
+        b[o++] = name[i];
+    if (name[i] == '_') b[o - 1] = '-';
+    b[o] = '\0';
+    id = mbedtls_ssl_get_ciphersuite_id(b);
+    if (!id || (strncmp(b, "TLS1-3-", 7) == 0) != v13) return 0;
+    for (const int *s = mbedtls_ssl_list_ciphersuites(); *s; s++)
+        if (*s == id) return id;
+    return 0;
+}
+
+/* Appends the suites of one version: the listener's list, or every suite
+ * of the build for that version when the option is not set. */
+static int
+tls_suites_add(struct cfg *c, const struct listener *l, int v13, int *out,
+               size_t *n)
+{
+    const char *list = v13 ? l->ciphers13 : l->ciphers, *p = list;
+    const char *key = v13 ? "ciphers_tls1.3" : "ciphers";
+
+    if (!list[0]) {
+        for (const int *s = mbedtls_ssl_list_ciphersuites(); *s; s++) {
+            const char *nm = mbedtls_ssl_get_ciphersuite_name(*s);
+            if ((strncmp(nm, "TLS1-3-", 7) == 0) == v13 && *n < TLS_SUITES)
+                out[(*n)++] = *s;
+        }
+        return 0;
+    }
+    while (*p) {
+        size_t len = strcspn(p, ": ,");
+        int id = len ? tls_suite_id(p, len, v13) : 0;
+        if (len && !id) {
+            size_t off;
+            cfg_err(c, l->file, v13 ? l->line_ciphers13 : l->line_ciphers,
+                    "%s: '%.*s' is not a %s suite of %s; supported:", key,
+                    (int)len, p, v13 ? "TLS 1.3" : "TLS 1.2", tls_lib());
+            off = strlen(c->err);
+            for (const int *s = mbedtls_ssl_list_ciphersuites(); *s; s++) {
+                const char *nm = mbedtls_ssl_get_ciphersuite_name(*s);
+                int k;
+                if ((strncmp(nm, "TLS1-3-", 7) == 0) != v13) continue;
+                k = snprintf(c->err + off, sizeof c->err - off, " %s", nm);
+                if (k < 0 || (size_t)k >= sizeof c->err - off) break;
+                off += (size_t)k;
+            }
+            return -1;
+        }
+        if (id && *n < TLS_SUITES) out[(*n)++] = id;
+        p += len;
+        if (*p) p++;
+    }
+    return 0;
+}
+
+/* Loads one TLS listener's files and settings into tls_l[li]. */
+static int
+tls_load_lsn(struct cfg *c, uint32_t li)
+{
+    const struct listener *l = &c->lsn[li];
+    struct tls_lsn *t = &tls_l[li];
+    char e[512];
+    int rc;
+    size_t n = 0;
+
+    mbedtls_ssl_config_init(&t->conf);
+    mbedtls_x509_crt_init(&t->cert);
+    mbedtls_x509_crt_init(&t->ca);
+    mbedtls_x509_crl_init(&t->crl);
+    mbedtls_pk_init(&t->key);
+    rc = mbedtls_x509_crt_parse_file(&t->cert, l->certfile);
+    if (rc) {
+        cfg_err(c, l->file, l->line_certfile, "certfile %s: %s", l->certfile,
+                tls_file_err(l->certfile, rc, e, sizeof e));
+        return -1;
+    }
+#if TLS_V3
+    rc = mbedtls_pk_parse_keyfile(&t->key, l->keyfile, NULL,
+                                  mbedtls_ctr_drbg_random, &tls_drbg);
+#else
+    rc = mbedtls_pk_parse_keyfile(&t->key, l->keyfile, NULL);
+#endif
+    if (rc == MBEDTLS_ERR_PK_PASSWORD_REQUIRED ||
+        rc == MBEDTLS_ERR_PK_PASSWORD_MISMATCH) {
+        cfg_err(c, l->file, l->line_keyfile,
+                "keyfile %s is protected by a password, and mqttpx does not "
+                "ask for one: store it decrypted (openssl pkey -in KEY -out "
+                "NEW), readable only by the broker",
+                l->keyfile);
+        return -1;
+    }
+    if (rc) {
+        cfg_err(c, l->file, l->line_keyfile, "keyfile %s: %s", l->keyfile,
+                tls_file_err(l->keyfile, rc, e, sizeof e));
+        return -1;
+    }
+#if TLS_V3
+    rc = mbedtls_pk_check_pair(&t->cert.pk, &t->key, mbedtls_ctr_drbg_random,
+                               &tls_drbg);
+#else
+    rc = mbedtls_pk_check_pair(&t->cert.pk, &t->key);
+#endif
+    if (rc) {
+        cfg_err(c, l->file, l->line_keyfile,
+                "keyfile %s does not match the certificate of certfile %s",
+                l->keyfile, l->certfile);
+        return -1;
+    }
+    if (l->cafile[0] && (rc = mbedtls_x509_crt_parse_file(&t->ca, l->cafile))) {
+        cfg_err(c, l->file, l->line_cafile, "cafile %s: %s", l->cafile,
+                rc > 0 ? "some certificates in it could not be parsed"
+                       : tls_file_err(l->cafile, rc, e, sizeof e));
+        return -1;
+    }
+    if (l->capath[0]) {
+        int had = t->ca.version != 0;
+        rc = mbedtls_x509_crt_parse_path(&t->ca, l->capath);
+        if (rc < 0 || (!had && t->ca.version == 0)) {
+            cfg_err(c, l->file, l->line_capath, "capath %s: %s", l->capath,
+                    rc < 0 ? tls_file_err(l->capath, rc, e, sizeof e)
+                           : "no certificate found");
+            return -1;
+        }
+    }
+    if (l->crlfile[0] &&
+        (rc = mbedtls_x509_crl_parse_file(&t->crl, l->crlfile))) {
+        cfg_err(c, l->file, l->line_crlfile, "crlfile %s: %s", l->crlfile,
+                tls_file_err(l->crlfile, rc, e, sizeof e));
+        return -1;
+    }
+    if (l->tls_min == 13 && !TLS_HAVE_13) {
+        cfg_err(c, l->file, l->line_tlsver,
+                "tls_version tlsv1.3: this build's %s has no TLS 1.3",
+                tls_lib());
+        return -1;
+    }
+#if !defined(MBEDTLS_SSL_KEEP_PEER_CERTIFICATE)
+    if (l->use_identity || l->use_subject) {
+        cfg_err(c, l->file, l->use_identity ? l->line_ident : l->line_subject,
+                "%s: this mbedTLS build does not keep the peer certificate "
+                "(MBEDTLS_SSL_KEEP_PEER_CERTIFICATE)",
+                l->use_identity ? "use_identity_as_username"
+                                : "use_subject_as_username");
+        return -1;
+    }
+#endif
+    rc = mbedtls_ssl_config_defaults(&t->conf, MBEDTLS_SSL_IS_SERVER,
+                                     MBEDTLS_SSL_TRANSPORT_STREAM,
+                                     MBEDTLS_SSL_PRESET_DEFAULT);
+    if (rc == 0) {
+        mbedtls_ssl_conf_rng(&t->conf, mbedtls_ctr_drbg_random, &tls_drbg);
+        rc = mbedtls_ssl_conf_own_cert(&t->conf, &t->cert, &t->key);
+    }
+    if (rc) {
+        cfg_err(c, l->file, l->line_certfile, "certfile %s: %s", l->certfile,
+                tls_strerror(rc, e, sizeof e));
+        return -1;
+    }
+    if (l->require_certificate) {
+        mbedtls_ssl_conf_ca_chain(&t->conf, &t->ca,
+                                  l->crlfile[0] ? &t->crl : NULL);
+        mbedtls_ssl_conf_authmode(&t->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
+    } else {
+        mbedtls_ssl_conf_authmode(&t->conf, MBEDTLS_SSL_VERIFY_NONE);
+    }
+#if TLS_V3
+    mbedtls_ssl_conf_min_tls_version(
+        &t->conf, l->tls_min == 13 ? MBEDTLS_SSL_VERSION_TLS1_3
+                                   : MBEDTLS_SSL_VERSION_TLS1_2);
+#else
+    mbedtls_ssl_conf_min_version(&t->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3);
+#endif
+    if (l->ciphers[0] || l->ciphers13[0]) {
+        if (tls_suites_add(c, l, 0, t->suites, &n) ||
+            tls_suites_add(c, l, 1, t->suites, &n))
+            return -1;
+        t->suites[n] = 0;
+        mbedtls_ssl_conf_ciphersuites(&t->conf, t->suites);
+    }
+    return 0;
+}
+
+/* Start-up: the random generator and every TLS listener. 0, or -1 with
+ * c->err naming the file and line of the option at fault. */
+static int
+tls_load(struct cfg *c)
+{
+    static int seeded;
+    uint32_t i;
+    int rc;
+
+    for (i = 0; i < c->n_lsn && !c->lsn[i].tls; i++)
+        ;
+    if (i == c->n_lsn) return 0;
+    if (!seeded) {
+#if TLS_V3 && defined(MBEDTLS_PSA_CRYPTO_C)
+        if (psa_crypto_init() != PSA_SUCCESS) {
+            snprintf(c->err, sizeof c->err, "TLS: psa_crypto_init failed");
+            return -1;
+        }
+#endif
+        mbedtls_entropy_init(&tls_entropy);
+        mbedtls_ctr_drbg_init(&tls_drbg);
+        rc =
+            mbedtls_ctr_drbg_seed(&tls_drbg, mbedtls_entropy_func, &tls_entropy,
+                                  (const unsigned char *)"mqttpx", 6);
+        if (rc) {
+            char e[256];
+            snprintf(c->err, sizeof c->err, "TLS: random generator: %s",
+                     tls_strerror(rc, e, sizeof e));
+            return -1;
+        }
+        seeded = 1;
+    }
+    for (i = 0; i < c->n_lsn; i++)
+        if (c->lsn[i].tls && tls_load_lsn(c, i)) return -1;
+    return 0;
+}
+
+static int
+tls_bio_send(void *ctx, const unsigned char *buf, size_t len)
+{
+    const struct conn *c = ctx;
+
+    for (;;) {
+        ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+        if (n >= 0) return (int)n;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return MBEDTLS_ERR_SSL_WANT_WRITE;
+        return MBEDTLS_ERR_NET_SEND_FAILED;
+    }
+}
+
+static int
+tls_bio_recv(void *ctx, unsigned char *buf, size_t len)
+{
+    const struct conn *c = ctx;
+
+    for (;;) {
+        ssize_t n = recv(c->fd, buf, len, 0);
+        if (n >= 0) return (int)n;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return MBEDTLS_ERR_SSL_WANT_READ;
+        return MBEDTLS_ERR_NET_RECV_FAILED;
+    }
+}
+
+/* A session for a new connection of a TLS listener: 0, -1 when the pool
+ * is full, -2 when mbedTLS cannot allocate its buffers. */
+static int
+tls_open(struct conn *c)
+{
+    uint32_t i = pool_take(&g.p_tls);
+    struct tls_slot *t;
+
+    if (i == NIL) return -1;
+    t = &g.tls[i];
+    mbedtls_ssl_init(&t->ssl);
+    t->wlen = 0;
+    t->end = 1;
+    t->done = 0;
+    if (mbedtls_ssl_setup(&t->ssl, &tls_l[c->lsn].conf)) {
+        mbedtls_ssl_free(&t->ssl);
+        pool_give(&g.p_tls, i);
+        return -2;
+    }
+    mbedtls_ssl_set_bio(&t->ssl, c, tls_bio_send, tls_bio_recv, NULL);
+    c->tls = i;
+    return 0;
+}
+
+/* Ends a session: close_notify when the handshake was over (best effort,
+ * the socket is closed next), then the slot goes back to the pool. */
+static void
+tls_close(struct conn *c)
+{
+    struct tls_slot *t;
+
+    if (c->tls == NIL) return;
+    t = &g.tls[c->tls];
+    if (t->done) (void)mbedtls_ssl_close_notify(&t->ssl);
+    mbedtls_ssl_free(&t->ssl);
+    pool_give(&g.p_tls, c->tls);
+    c->tls = NIL;
+}
+
+enum { TLS_DONE, TLS_WANT_READ, TLS_WANT_WRITE, TLS_FAIL };
+
+/* One step of the handshake; on TLS_FAIL, why holds mbedTLS's reason and,
+ * when a client certificate was refused, the verification's. */
+static int
+tls_handshake(struct conn *c, char *why, size_t cap)
+{
+    struct tls_slot *t = &g.tls[c->tls];
+    int rc = mbedtls_ssl_handshake(&t->ssl);
+    uint32_t flags;
+    size_t off;
+
+    if (rc == 0) {
+        t->done = 1;
+        return TLS_DONE;
+    }
+    if (rc == MBEDTLS_ERR_SSL_WANT_READ) return TLS_WANT_READ;
+    if (rc == MBEDTLS_ERR_SSL_WANT_WRITE) return TLS_WANT_WRITE;
+    tls_strerror(rc, why, cap);
+    flags = mbedtls_ssl_get_verify_result(&t->ssl);
+    off = strlen(why);
+    if (flags && flags != (uint32_t)-1 && off + 8 < cap) {
+        char v[512], *p;
+        if (mbedtls_x509_crt_verify_info(v, sizeof v, "", flags) > 0) {
+            for (p = v; *p; p++)
+                if (*p == '\n') *p = ';';
+            if (p > v && p[-1] == ';') p[-1] = '\0';
+            snprintf(why + off, cap - off, " (%s)", v);
+        }
+    }
+    return TLS_FAIL;
+}
+
+/* Reads decrypted bytes: as many records as fit in buf. Like recv():
+ * > 0 bytes, 0 at the end of the stream, -1 with errno (EAGAIN: nothing
+ * yet). An end that follows data is held back for the next call. */
+static ssize_t
+tls_recv(struct conn *c, uint8_t *buf, size_t cap)
+{
+    struct tls_slot *t = &g.tls[c->tls];
+    size_t got = 0;
+
+    if (t->end <= 0) {
+        ssize_t e = t->end;
+        t->end = 1;
+        if (e < 0) errno = EIO;
+        return e;
+    }
+    while (got < cap) {
+        int rc = mbedtls_ssl_read(&t->ssl, buf + got, cap - got);
+        if (rc > 0) {
+            got += (size_t)rc;
+            continue;
+        }
+        if (rc == MBEDTLS_ERR_SSL_WANT_READ ||
+            rc == MBEDTLS_ERR_SSL_WANT_WRITE) {
+            if (got) break;
+            errno = EAGAIN;
+            return -1;
+        }
+        /* 0 or close_notify: the end; anything else: an error */
+        t->end = rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY ? 0 : -1;
+        if (got) break;
+        return tls_recv(c, buf, cap);
+    }
+    return (ssize_t)got;
+}
+
+/* Does mbedTLS hold bytes (or an end) that poll() will not announce? */
+static int
+tls_pending(const struct conn *c)
+{
+    const struct tls_slot *t = &g.tls[c->tls];
+
+    return t->end <= 0 || mbedtls_ssl_get_bytes_avail(&t->ssl) > 0 ||
+           mbedtls_ssl_check_pending(&t->ssl);
+}
+
+/* Encrypts and sends; like send(): bytes taken, or -1 with errno (EAGAIN:
+ * the socket is full; mbedTLS then wants the same call again, so the
+ * length is kept and repeated). */
+static ssize_t
+tls_send(struct conn *c, const uint8_t *p, size_t n)
+{
+    struct tls_slot *t = &g.tls[c->tls];
+    int rc;
+
+    if (t->wlen && t->wlen <= n) n = t->wlen;
+    rc = mbedtls_ssl_write(&t->ssl, p, n);
+    if (rc >= 0) {
+        t->wlen = 0;
+        return rc;
+    }
+    if (rc == MBEDTLS_ERR_SSL_WANT_WRITE || rc == MBEDTLS_ERR_SSL_WANT_READ) {
+        t->wlen = (uint32_t)n;
+        errno = EAGAIN;
+        return -1;
+    }
+    errno = EIO;
+    return -1;
+}
+
+/* RFC 2253 escaping of one attribute value, as OpenSSL's XN_FLAG_RFC2253
+ * (Mosquitto's use_subject_as_username): specials with a backslash,
+ * control and non-ASCII bytes as \XX. */
+static size_t
+tls_dn_value(char *out, size_t cap, size_t off, const uint8_t *v, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n && off + 4 < cap; i++) {
+        uint8_t ch = v[i];
+        if (ch < 0x20 || ch >= 0x7f)
+            off += (size_t)snprintf(out + off, cap - off, "\\%02X", ch);
+        else {
+            if (strchr(",+\"\\<>;", ch) ||
+                (i == 0 && (ch == '#' || ch == ' ')) ||
+                (i + 1 == n && ch == ' '))
+                out[off++] = '\\';
+            out[off++] = (char)ch;
+        }
+    }
+    return i < n ? cap : off;
+}
+
+/* The subject in RFC 2253 form: last RDN first, "," between RDNs, "+"
+ * inside a multi-valued one; unknown attributes as OID=#DER. Returns the
+ * length, or 0 when it does not fit. */
+static size_t
+tls_dn_rfc2253(const mbedtls_x509_name *dn, char *out, size_t cap)
+{
+    const mbedtls_x509_name *at[64];
+    size_t n = 0, off = 0, i, j, start;
+
+    for (; dn && n < 64; dn = dn->next)
+        if (dn->oid.p) at[n++] = dn;
+    if (dn) return 0;
+    /* RDNs from the end: [start, i] is one RDN */
+    for (i = n; i-- > 0;) {
+        start = i;
+        while (start > 0 && at[start - 1]->MBEDTLS_PRIVATE(next_merged))
+            start--;
+        for (j = start; j <= i; j++) {
+            const char *nm = NULL;
+            char oid[64];
+            if (off + 2 >= cap) return 0;
+            if (j > start)
+                out[off++] = '+';
+            else if (off)
+                out[off++] = ',';
+            if (mbedtls_oid_get_attr_short_name(&at[j]->oid, &nm) == 0) {
+                if (strcmp(nm, "uid") == 0) nm = "UID"; /* OpenSSL's */
+            } else {
+                if (mbedtls_oid_get_numeric_string(oid, sizeof oid,
+                                                   &at[j]->oid) < 0)
+                    return 0;
+                nm = NULL;
+            }
+            off += (size_t)snprintf(out + off, cap - off, "%s=", nm ? nm : oid);
+            if (off >= cap) return 0;
+            if (nm && (at[j]->val.tag == MBEDTLS_ASN1_UTF8_STRING ||
+                       at[j]->val.tag == MBEDTLS_ASN1_PRINTABLE_STRING ||
+                       at[j]->val.tag == MBEDTLS_ASN1_IA5_STRING ||
+                       at[j]->val.tag == MBEDTLS_ASN1_T61_STRING)) {
+                off = tls_dn_value(out, cap, off, at[j]->val.p, at[j]->val.len);
+            } else { /* #, then the DER: tag, length, bytes */
+                size_t k, len = at[j]->val.len;
+                if (len > 127 || off + 6 + 2 * len >= cap) return 0;
+                off +=
+                    (size_t)snprintf(out + off, cap - off, "#%02X%02X",
+                                     (unsigned)at[j]->val.tag, (unsigned)len);
+                for (k = 0; k < len; k++)
+                    off += (size_t)snprintf(out + off, cap - off, "%02X",
+                                            at[j]->val.p[k]);
+            }
+            if (off >= cap) return 0;
+        }
+        i = start;
+        if (i == 0) break;
+    }
+    out[off] = '\0';
+    return off;
+}
+
+/* The client certificate's identity: the first CN, or (subject) the whole
+ * subject in RFC 2253 form. Returns its length; 0 when there is none. */
+static size_t
+tls_identity(const struct conn *c, int subject, char *out, size_t cap)
+{
+    const mbedtls_x509_crt *crt = NULL;
+    const mbedtls_x509_name *dn;
+
+#if defined(MBEDTLS_SSL_KEEP_PEER_CERTIFICATE)
+    crt = mbedtls_ssl_get_peer_cert(&g.tls[c->tls].ssl);
+#endif
+    if (!crt) return 0;
+    if (subject) return tls_dn_rfc2253(&crt->subject, out, cap);
+    for (dn = &crt->subject; dn; dn = dn->next)
+        if (dn->oid.p && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &dn->oid) == 0) {
+            if (dn->val.len >= cap) return 0;
+            memcpy(out, dn->val.p, dn->val.len);
+            out[dn->val.len] = '\0';
+            return dn->val.len;
+        }
+    return 0;
+}
+
+/* "TLSv1.3 TLS1-3-AES-256-GCM-SHA384": what the handshake agreed on */
+static void
+tls_describe(const struct conn *c, char *out, size_t cap)
+{
+    const mbedtls_ssl_context *s = &g.tls[c->tls].ssl;
+
+    snprintf(out, cap, "%s %s", mbedtls_ssl_get_version(s),
+             mbedtls_ssl_get_ciphersuite(s));
+}
+
+#else /* MQX_TLS == 0: cfg_tls() refuses every TLS option, so no               \
+         connection ever has a session and these are never reached */
+struct tls_slot {
+    int unused;
+};
+enum { TLS_DONE, TLS_WANT_READ, TLS_WANT_WRITE, TLS_FAIL };
+static const char *
+tls_lib(void)
+{
+    return "no TLS (built with TLS=0)";
+}
+static size_t
+tls_session_bytes(void)
+{
+    return sizeof(struct tls_slot);
+}
+static int
+tls_load(struct cfg *c)
+{
+    (void)c;
+    return 0;
+}
+static int
+tls_open(struct conn *c)
+{
+    (void)c;
+    return -2;
+}
+static void
+tls_close(struct conn *c)
+{
+    c->tls = NIL;
+}
+static int
+tls_handshake(struct conn *c, char *why, size_t cap)
+{
+    (void)c;
+    snprintf(why, cap, "no TLS in this build");
+    return TLS_FAIL;
+}
+static ssize_t
+tls_recv(struct conn *c, uint8_t *buf, size_t cap)
+{
+    (void)c, (void)buf, (void)cap;
+    errno = EIO;
+    return -1;
+}
+static int
+tls_pending(const struct conn *c)
+{
+    (void)c;
+    return 0;
+}
+static ssize_t
+tls_send(struct conn *c, const uint8_t *p, size_t n)
+{
+    (void)c, (void)p, (void)n;
+    errno = EIO;
+    return -1;
+}
+static size_t
+tls_identity(const struct conn *c, int subject, char *out, size_t cap)
+{
+    (void)c, (void)subject, (void)out, (void)cap;
+    return 0;
+}
+static void
+tls_describe(const struct conn *c, char *out, size_t cap)
+{
+    (void)c;
+    snprintf(out, cap, "plain");
+}
+#endif
 
 /* ==== [12] Persistence: snapshot writer, pure loader ==== */
 /* `persistence true`: retained messages and persistent sessions (with
@@ -5849,12 +6792,20 @@ conn_ack(struct conn *c, uint8_t type, uint16_t pid)
 
 /* Writes pending output; 0 when all or part was written or the socket is
  * full, -1 on a socket error. */
+/* send() for a plain connection, the TLS session's writer for the
+ * others: bytes taken, or -1 with errno. */
+static ssize_t
+conn_send(struct conn *c, const uint8_t *p, size_t n)
+{
+    if (c->tls != NIL) return tls_send(c, p, n);
+    return send(c->fd, p, n, MSG_NOSIGNAL);
+}
+
 static int
 conn_write(struct conn *c)
 {
     while (c->tx && c->tx_off < c->tx_len) {
-        ssize_t n =
-            send(c->fd, c->tx + c->tx_off, c->tx_len - c->tx_off, MSG_NOSIGNAL);
+        ssize_t n = conn_send(c, c->tx + c->tx_off, c->tx_len - c->tx_off);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -5983,8 +6934,8 @@ conn_reap(struct conn *c)
                     : 0;
     }
     if (c->tx && c->tx_off < c->tx_len && (c->flags & CF_FLUSHCLOSE))
-        (void)send(c->fd, c->tx + c->tx_off, c->tx_len - c->tx_off,
-                   MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)conn_send(c, c->tx + c->tx_off, c->tx_len - c->tx_off);
+    tls_close(c);
     st_free(c->tx);
     if (c->rx) g.rx_bytes -= c->rx_cap;
     st_free(c->rx);
@@ -6229,7 +7180,8 @@ handle_auth(struct conn *c, const struct mqx_connect *ck, const uint8_t *id,
 {
     const struct authcfg *ac = auth_cfg(c->lsn);
     const struct authdb *db = auth_db(c->lsn);
-    int by_cert = g.cfg.lsn[c->lsn].use_identity;
+    int by_cert =
+        g.cfg.lsn[c->lsn].use_identity || g.cfg.lsn[c->lsn].use_subject;
     const char *why = NULL;
     uint8_t rc = MQX_CONNACK_OK;
     int64_t k;
@@ -6345,12 +7297,14 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
         handle_refuse(c, MQX_CONNACK_NOT_AUTH);
         return;
     }
-    if (g.cfg.lsn[c->lsn].use_identity) { /* R43 */
-        if (c->pp & PP_NO_CN) {
+    if (g.cfg.lsn[c->lsn].use_identity || g.cfg.lsn[c->lsn].use_subject) {
+        if (c->pp & PP_NO_CN) { /* R43 */
             log_at(LOG_T_NOTICE,
-                   "Client %.*s from %s refused: no usable certificate CN "
-                   "for use_identity_as_username.",
-                   (int)id_len, (const char *)id, c->addr);
+                   "Client %.*s from %s refused: no usable certificate %s.",
+                   (int)id_len, (const char *)id, c->addr,
+                   g.cfg.lsn[c->lsn].use_subject
+                       ? "subject for use_subject_as_username"
+                       : "CN for use_identity_as_username");
             handle_refuse(c, MQX_CONNACK_BAD_AUTH);
             return;
         }
@@ -6911,7 +7865,8 @@ loop_read(struct conn *c)
         if (cap > have + room) cap = have + room;
         if (have && c->rx) memcpy(g.scratch, c->rx, have);
     }
-    n = recv(c->fd, buf + have, cap - have, 0);
+    n = c->tls != NIL ? tls_recv(c, buf + have, cap - have)
+                      : recv(c->fd, buf + have, cap - have, 0);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     if (n <= 0) {
@@ -6960,6 +7915,104 @@ loop_read(struct conn *c)
     } else {
         loop_keep(c, g.scratch + used, have - used);
     }
+    if (c->tls != NIL && c->state != CONN_CLOSING && tls_pending(c)) {
+        c->flags |= CF_TLSMORE; /* read again before the next poll() */
+        g.tls_more = 1;
+    }
+}
+
+/* The handshake of a TLS listener's connection, one step per poll event.
+ * A first byte that is not a TLS handshake record (plain MQTT, a PROXY
+ * header) closes at once; the deadline is connect_timeout (loop_expire).
+ * Application data that came with the client's last flight is read now:
+ * mbedTLS holds it and poll() would not say so. */
+static void
+loop_tls(struct conn *c)
+{
+    const struct listener *l = &g.cfg.lsn[c->lsn];
+    struct pollfd *pf = conn_pfd(c);
+    char why[768], id[1024];
+    int rc;
+    int64_t k;
+
+    conn_touch(c);
+    if (!(c->pp & PP_TLS)) {
+        uint8_t b = 0;
+        ssize_t n = recv(c->fd, &b, 1, MSG_PEEK);
+        if (n < 0 &&
+            (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        if (n <= 0) {
+            log_at(LOG_T_DEBUG,
+                   "TLS: connection from %s on port %u closed before the "
+                   "handshake.",
+                   c->addr, l->port);
+            conn_close(c, CF_QUIET);
+            return;
+        }
+        if (b != 0x16) {
+            g.tls_failed++;
+            k = log_limit_src(c->addr);
+            if (k >= 0)
+                log_at(LOG_T_NOTICE,
+                       "TLS: connection from %s on port %u closed: not a TLS "
+                       "handshake (first byte 0x%02x%s)%s",
+                       c->addr, l->port, b,
+                       b == 0x10  ? ", an MQTT CONNECT: the client does not "
+                                    "use TLS on a TLS port"
+                       : b == 'P' ? ", a PROXY header? this listener has "
+                                    "no enable_proxy_protocol"
+                                  : "",
+                       log_suppressed(k));
+            conn_close(c, CF_QUIET);
+            return;
+        }
+        c->pp |= PP_TLS;
+    }
+    rc = tls_handshake(c, why, sizeof why);
+    if (rc == TLS_WANT_WRITE) {
+        c->flags |= CF_POLLOUT;
+        pf->events |= POLLOUT;
+        return;
+    }
+    c->flags &= (uint8_t)~CF_POLLOUT;
+    pf->events &= (short)~POLLOUT;
+    if (rc == TLS_WANT_READ) return;
+    if (rc == TLS_FAIL) {
+        g.tls_failed++;
+        k = log_limit_src(c->addr);
+        if (k >= 0)
+            log_at(LOG_T_NOTICE,
+                   "TLS: handshake with %s on port %u failed: %s%s", c->addr,
+                   l->port, why, log_suppressed(k));
+        conn_close(c, CF_QUIET);
+        return;
+    }
+    tls_describe(c, why, sizeof why);
+    {
+        size_t cn = tls_identity(c, 0, id, sizeof id);
+        log_at(LOG_T_DEBUG, "TLS: %s on port %u: %s%s%.*s", c->addr, l->port,
+               why, cn ? ", certificate CN=" : "", (int)cn, id);
+    }
+    if (l->use_identity || l->use_subject) { /* kept as pp_info's "CN" */
+        size_t n = tls_identity(c, l->use_subject, id, sizeof id);
+        if (!n || n > UINT16_MAX || memchr(id, 0, n) ||
+            !mqx_utf8_valid((const uint8_t *)id, n)) {
+            c->pp |= PP_NO_CN;
+            n = 0;
+        }
+        c->pp_info = st_alloc(2 + n);
+        if (!c->pp_info) {
+            conn_oom(c, "the certificate identity");
+            return;
+        }
+        c->pp_info[0] = c->pp_info[1] = 0; /* no via, no summary */
+        memcpy(c->pp_info + 2, id, n);
+        c->pp_cn_len = (uint16_t)n;
+    }
+    c->state = CONN_NEW;
+    c->deadline_ms = g.now + g.cfg.connect_timeout * 1000;
+    if (tls_pending(c)) loop_read(c);
 }
 
 /* Formats a socket address as logs show it: "a.b.c.d:port", "v6:port"
@@ -7064,6 +8117,12 @@ lsn_accept(struct lsock *ls)
             lsn_refuse_log(addr, "max_connections of the listener reached");
             continue;
         }
+        if (l->tls && g.p_tls.used >= g.p_tls.cap) {
+            close(fd);
+            g.tls_refused++;
+            lsn_refuse_log(addr, "max_tls_connections reached");
+            continue;
+        }
         ci = pool_take(&g.p_conn);
         if (ci == NIL) {
             close(fd);
@@ -7083,13 +8142,14 @@ lsn_accept(struct lsock *ls)
         c->fd = fd;
         c->state = CONN_NEW;
         c->lsn = ls->lsn;
-        c->sess = c->will = c->resend = c->hot_pos = NIL;
+        c->sess = c->will = c->resend = c->hot_pos = c->tls = NIL;
         c->deadline_ms = g.now + g.cfg.connect_timeout * 1000;
         memcpy(c->addr, addr, sizeof addr);
         if (l->proxy) {
             c->state = CONN_PROXY;                            /* R14 */
             c->deadline_ms = g.now + l->proxy_timeout * 1000; /* R20 */
         }
+        if (l->tls) c->state = CONN_TLS;
         g.pfd[g.n_ls + ci].fd = fd;
         g.pfd[g.n_ls + ci].events = POLLIN;
         g.pfd[g.n_ls + ci].revents = 0;
@@ -7108,6 +8168,12 @@ lsn_accept(struct lsock *ls)
         else if (g.cfg.connection_messages)
             log_at(LOG_T_NOTICE, "New connection from %s on port %u.", addr,
                    l->port);
+        if (l->tls && tls_open(c)) {
+            log_at(LOG_T_WARN,
+                   "TLS: no memory for a session with %s; connection closed.",
+                   addr);
+            conn_close(c, CF_QUIET);
+        }
     }
 }
 
@@ -7133,6 +8199,15 @@ loop_expire(void)
                    "%lld s",
                    c->addr, g.cfg.lsn[c->lsn].port,
                    (long long)g.cfg.lsn[c->lsn].proxy_timeout);
+        } else if (c->state == CONN_TLS) {
+            int64_t k = log_limit_src(c->addr);
+            g.tls_failed++;
+            if (k >= 0)
+                log_at(LOG_T_NOTICE,
+                       "TLS: handshake with %s on port %u not finished "
+                       "within %lld s (connect_timeout)%s",
+                       c->addr, g.cfg.lsn[c->lsn].port,
+                       (long long)g.cfg.connect_timeout, log_suppressed(k));
         } else if (g.cfg.connection_messages) {
             if (c->state == CONN_NEW)
                 log_at(LOG_T_NOTICE,
@@ -7177,6 +8252,11 @@ loop_unthrottle(void)
         c->flags &= (uint8_t)~CF_THROTTLED;
         g.pfd[g.n_ls + i].events |= POLLIN;
         if (c->rx_len && c->state != CONN_CLOSING) loop_tail(c);
+        if (c->tls != NIL && c->state != CONN_CLOSING && tls_pending(c)) {
+            c->flags |= CF_TLSMORE;
+            g.tls_more = 1;
+            conn_touch(c);
+        }
     }
 }
 
@@ -7232,6 +8312,12 @@ sys_publish(void)
     sys_pub("$SYS/broker/proxy/local", "%llu", (unsigned long long)g.pp_local);
     sys_pub("$SYS/broker/proxy/untrusted", "%llu",
             (unsigned long long)g.pp_untrusted);
+    sys_pub("$SYS/broker/tls/connections", "%u", g.p_tls.used);
+    sys_pub("$SYS/broker/tls/max", "%u", g.p_tls.cap);
+    sys_pub("$SYS/broker/tls/handshake_failures", "%llu",
+            (unsigned long long)g.tls_failed);
+    sys_pub("$SYS/broker/tls/refused", "%llu",
+            (unsigned long long)g.tls_refused);
     sys_pub("$SYS/broker/persistence/saves", "%llu",
             (unsigned long long)g.store_saves);
     sys_pub("$SYS/broker/persistence/failures", "%llu",
@@ -7355,7 +8441,7 @@ loop_timeout(void)
 
     if (g.cfg.sys_interval && g.next_sys_ms - g.now < t)
         t = g.next_sys_ms - g.now;
-    if (g.n_dirty) t = 0;
+    if (g.n_dirty || g.tls_more) t = 0;
     if (t < 0) t = 0;
     if (t > 1000) t = 1000;
     return (int)t;
@@ -7367,6 +8453,10 @@ static void
 loop_events(struct conn *c, short re)
 {
     if (c->state == CONN_CLOSING || c->state == CONN_FREE) return;
+    if (c->state == CONN_TLS) {
+        loop_tls(c);
+        return;
+    }
     if (re & POLLOUT) {
         if (conn_write(c)) {
             conn_close(c, CF_WILL | CF_QUIET);
@@ -7391,6 +8481,23 @@ loop_listeners(const struct pollfd *pfd)
         } else {
             lsn_accept(&g.ls[i]);
         }
+    }
+}
+
+/* Reads what mbedTLS still holds after a full read buffer (CF_TLSMORE):
+ * once per iteration, so that one busy client does not starve others. */
+static void
+loop_tls_more(void)
+{
+    uint32_t i;
+
+    g.tls_more = 0;
+    for (i = 0; i < g.n_hot; i++) {
+        struct conn *c = &g.conns[g.hot[i]];
+        if (!(c->flags & CF_TLSMORE)) continue;
+        c->flags &= (uint8_t)~CF_TLSMORE;
+        if (c->state != CONN_CLOSING && !(c->flags & CF_THROTTLED))
+            loop_read(c);
     }
 }
 
@@ -7483,6 +8590,7 @@ loop_run(void)
                 loop_events(&g.conns[g.hot[i - g.n_ls]], re);
             }
         }
+        if (g.tls_more) loop_tls_more();
         if (g.now >= g.next_scan_ms) {
             loop_expire();
             g.next_scan_ms = g.now + MQX_SCAN_MS;
@@ -7607,7 +8715,9 @@ arena_plan(int take, char *line, size_t cap)
     uint64_t store = (uint64_t)c->message_store_bytes, top = 65536, ht = 1,
              sht = 1;
     uint64_t per_conn = sizeof(struct conn) + sizeof(struct pollfd) + 8;
+    uint64_t tls = (uint64_t)c->max_tls_connections;
     size_t total = 0;
+    int k;
 
     while (top < (uint64_t)c->max_packet_size + 64)
         top <<= 1;
@@ -7636,22 +8746,32 @@ arena_plan(int take, char *line, size_t cap)
     PLAN(1, MQX_SCRATCH);    /* journal buffer */
     PLAN(store / MQX_STORE_MIN, 1);
     PLAN(store, 1);
+    PLAN(tls, sizeof(struct tls_slot) + 8);
     total += (size_t)16 * 16; /* alignment slack of the pools */
 #undef PLAN
-    if (line)
-        snprintf(line, cap,
-                 "memory: %.1f MiB (%llu connections x %llu B, %llu sessions "
-                 "x %zu B, %llu subscriptions x %zu B, %llu topic nodes x "
-                 "%zu B, %llu messages x %zu B, %llu deliveries x %zu B, "
-                 "message store %.1f MiB)",
-                 (double)total / 1048576, (unsigned long long)conns,
-                 (unsigned long long)per_conn, (unsigned long long)sess,
-                 sizeof(struct sess) + 12, (unsigned long long)subs,
-                 sizeof(struct sub) + 8, (unsigned long long)nodes,
-                 sizeof(struct node) + 16, (unsigned long long)msgs,
-                 sizeof(struct msg) + 8, (unsigned long long)qents,
-                 sizeof(struct qent) + 8, (double)store / 1048576);
-    if (!take) return total;
+    if (line) {
+        k = snprintf(
+            line, cap,
+            "memory: %.1f MiB (%llu connections x %llu B, %llu sessions "
+            "x %zu B, %llu subscriptions x %zu B, %llu topic nodes x "
+            "%zu B, %llu messages x %zu B, %llu deliveries x %zu B, "
+            "message store %.1f MiB)",
+            (double)(total + tls * tls_session_bytes()) / 1048576,
+            (unsigned long long)conns, (unsigned long long)per_conn,
+            (unsigned long long)sess, sizeof(struct sess) + 12,
+            (unsigned long long)subs, sizeof(struct sub) + 8,
+            (unsigned long long)nodes, sizeof(struct node) + 16,
+            (unsigned long long)msgs, sizeof(struct msg) + 8,
+            (unsigned long long)qents, sizeof(struct qent) + 8,
+            (double)store / 1048576);
+        if (tls && k > 0 && (size_t)k < cap)
+            snprintf(line + k - 1, cap - (size_t)k + 1,
+                     ", %llu TLS sessions x %zu B in %s)",
+                     (unsigned long long)tls, tls_session_bytes(), tls_lib());
+    }
+    if (!take) /* with what mbedTLS allocates for the sessions */
+        return total +
+               (size_t)(tls * (tls_session_bytes() - sizeof(struct tls_slot)));
     g.arena = calloc(1, total);
     if (!g.arena) die("cannot allocate %zu bytes", total);
     g.arena_size = total;
@@ -7685,6 +8805,9 @@ arena_plan(int take, char *line, size_t cap)
     g.sess_ht = arena_take((size_t)sht * sizeof(uint32_t));
     g.sess_ht_mask = (uint32_t)sht - 1;
     memset(g.sess_ht, 0xff, (size_t)sht * sizeof(uint32_t));
+    g.tls = arena_take((size_t)tls * sizeof(struct tls_slot));
+    pool_init(&g.p_tls, "TLS sessions", g.tls, sizeof(struct tls_slot),
+              (uint32_t)tls);
     g.scratch = arena_take(MQX_SCRATCH);
     g.pmark = arena_take((size_t)(msgs + 7) / 8);
     g.jmark = arena_take((size_t)(msgs + 7) / 8);
@@ -7995,6 +9118,7 @@ main(int argc, char **argv)
         char err[512];
         if (auth_load_all(err, sizeof err)) die("%s", err);
     }
+    if (tls_load(&g.cfg)) die("%s", g.cfg.err);
     g.arena_size = arena_plan(0, budget, sizeof budget);
     if (g.cfg.memory_limit && g.arena_size > (uint64_t)g.cfg.memory_limit)
         die("memory budget %zu bytes exceeds memory_limit %lld", g.arena_size,
