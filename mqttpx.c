@@ -5086,9 +5086,10 @@ tls_suite_id(const char *name, size_t n, int v13)
         name += 4;
         n -= 4;
     }
-    for (i = 0; i < n; i++)
+    for (i = 0; i < n; i++) {
         b[o++] = name[i];
-    if (name[i] == '_') b[o - 1] = '-';
+        if (name[i] == '_') b[o - 1] = '-';
+    }
     b[o] = '\0';
     id = mbedtls_ssl_get_ciphersuite_id(b);
     if (!id || (strncmp(b, "TLS1-3-", 7) == 0) != v13) return 0;
@@ -5499,60 +5500,62 @@ tls_dn_value(char *out, size_t cap, size_t off, const uint8_t *v, size_t n)
     return i < n ? cap : off;
 }
 
-/* The subject in RFC 2253 form: last RDN first, "," between RDNs, "+"
- * inside a multi-valued one; unknown attributes as OID=#DER. Returns the
- * length, or 0 when it does not fit. */
+/* Attribute names mbedTLS 2.28 does not know by name, as OpenSSL prints
+ * them: userId (0.9.2342.19200300.100.1.1). */
+static const char *
+tls_dn_name(const mbedtls_asn1_buf *oid)
+{
+    static const uint8_t uid[] = {0x09, 0x92, 0x26, 0x89, 0x93,
+                                  0xf2, 0x2c, 0x64, 0x01, 0x01};
+    const char *nm = NULL;
+
+    if (mbedtls_oid_get_attr_short_name(oid, &nm) == 0)
+        return strcmp(nm, "uid") == 0 ? "UID" : nm;
+    if (oid->len == sizeof uid && memcmp(oid->p, uid, sizeof uid) == 0)
+        return "UID";
+    return NULL;
+}
+
+/* The subject in RFC 2253 form as OpenSSL's XN_FLAG_RFC2253 prints it
+ * (Mosquitto's use_subject_as_username): every attribute from the last to
+ * the first, "+" between those of one multi-valued RDN, "," between RDNs;
+ * unknown attributes as OID=#DER. Returns the length, or 0 when it does
+ * not fit. */
 static size_t
 tls_dn_rfc2253(const mbedtls_x509_name *dn, char *out, size_t cap)
 {
     const mbedtls_x509_name *at[64];
-    size_t n = 0, off = 0, i, j, start;
+    size_t n = 0, off = 0, i;
 
     for (; dn && n < 64; dn = dn->next)
         if (dn->oid.p) at[n++] = dn;
     if (dn) return 0;
-    /* RDNs from the end: [start, i] is one RDN */
     for (i = n; i-- > 0;) {
-        start = i;
-        while (start > 0 && at[start - 1]->MBEDTLS_PRIVATE(next_merged))
-            start--;
-        for (j = start; j <= i; j++) {
-            const char *nm = NULL;
-            char oid[64];
-            if (off + 2 >= cap) return 0;
-            if (j > start)
-                out[off++] = '+';
-            else if (off)
-                out[off++] = ',';
-            if (mbedtls_oid_get_attr_short_name(&at[j]->oid, &nm) == 0) {
-                if (strcmp(nm, "uid") == 0) nm = "UID"; /* OpenSSL's */
-            } else {
-                if (mbedtls_oid_get_numeric_string(oid, sizeof oid,
-                                                   &at[j]->oid) < 0)
-                    return 0;
-                nm = NULL;
-            }
-            off += (size_t)snprintf(out + off, cap - off, "%s=", nm ? nm : oid);
-            if (off >= cap) return 0;
-            if (nm && (at[j]->val.tag == MBEDTLS_ASN1_UTF8_STRING ||
-                       at[j]->val.tag == MBEDTLS_ASN1_PRINTABLE_STRING ||
-                       at[j]->val.tag == MBEDTLS_ASN1_IA5_STRING ||
-                       at[j]->val.tag == MBEDTLS_ASN1_T61_STRING)) {
-                off = tls_dn_value(out, cap, off, at[j]->val.p, at[j]->val.len);
-            } else { /* #, then the DER: tag, length, bytes */
-                size_t k, len = at[j]->val.len;
-                if (len > 127 || off + 6 + 2 * len >= cap) return 0;
-                off +=
-                    (size_t)snprintf(out + off, cap - off, "#%02X%02X",
-                                     (unsigned)at[j]->val.tag, (unsigned)len);
-                for (k = 0; k < len; k++)
-                    off += (size_t)snprintf(out + off, cap - off, "%02X",
-                                            at[j]->val.p[k]);
-            }
-            if (off >= cap) return 0;
+        const char *nm = tls_dn_name(&at[i]->oid);
+        char oid[64];
+        if (off + 2 >= cap) return 0;
+        if (i + 1 < n) /* the entry before it merges into this one's RDN */
+            out[off++] = at[i]->MBEDTLS_PRIVATE(next_merged) ? '+' : ',';
+        if (!nm &&
+            mbedtls_oid_get_numeric_string(oid, sizeof oid, &at[i]->oid) < 0)
+            return 0;
+        off += (size_t)snprintf(out + off, cap - off, "%s=", nm ? nm : oid);
+        if (off >= cap) return 0;
+        if (nm && (at[i]->val.tag == MBEDTLS_ASN1_UTF8_STRING ||
+                   at[i]->val.tag == MBEDTLS_ASN1_PRINTABLE_STRING ||
+                   at[i]->val.tag == MBEDTLS_ASN1_IA5_STRING ||
+                   at[i]->val.tag == MBEDTLS_ASN1_T61_STRING)) {
+            off = tls_dn_value(out, cap, off, at[i]->val.p, at[i]->val.len);
+        } else { /* #, then the DER: tag, length, bytes */
+            size_t k, len = at[i]->val.len;
+            if (len > 127 || off + 6 + 2 * len >= cap) return 0;
+            off += (size_t)snprintf(out + off, cap - off, "#%02X%02X",
+                                    (unsigned)at[i]->val.tag, (unsigned)len);
+            for (k = 0; k < len; k++)
+                off += (size_t)snprintf(out + off, cap - off, "%02X",
+                                        at[i]->val.p[k]);
         }
-        i = start;
-        if (i == 0) break;
+        if (off >= cap) return 0;
     }
     out[off] = '\0';
     return off;

@@ -1081,6 +1081,111 @@ test_store_expiry(void)
     rmdir(store_dir);
 }
 
+/* ---- TLS listener options and certificate identities ---- */
+
+static void
+test_tls_config(void)
+{
+    static struct cfg c;
+
+    CHECK(cfg_try("listener 8883\ncertfile /a.crt\nkeyfile /a.key\n"
+                  "cafile /ca.crt\nrequire_certificate true\n"
+                  "use_subject_as_username true\ntls_version tlsv1.2\n",
+                  &c) == 0);
+    CHECK(cfg_finish(&c) == 0 && c.lsn[0].tls && c.lsn[0].use_subject &&
+          c.lsn[0].tls_min == 12 && c.max_tls_connections == 32);
+    CHECK(cfg_try("listener 8883\ncertfile /a.crt\n", &c) == 0);
+    CHECK(cfg_finish(&c) == -1);
+    CHECK(strcmp(c.err,
+                 "t.conf:2: listener 8883: certfile needs keyfile too") == 0);
+    CHECK(cfg_try("listener 1883\ncafile /ca.crt\n", &c) == 0);
+    CHECK(cfg_finish(&c) == -1 && strstr(c.err, "t.conf:2: ") == c.err);
+    CHECK(cfg_try("listener 8883\ncertfile /a\nkeyfile /b\n"
+                  "require_certificate true\n",
+                  &c) == 0);
+    CHECK(cfg_finish(&c) == -1 && strstr(c.err, "t.conf:4: ") == c.err &&
+          strstr(c.err, "cafile or capath"));
+    CHECK(cfg_try("listener 8883\ncertfile /a\nkeyfile /b\ncafile /c\n"
+                  "use_identity_as_username true\n",
+                  &c) == 0);
+    CHECK(cfg_finish(&c) == -1 && strstr(c.err, "t.conf:5: ") == c.err);
+    CHECK(cfg_try("listener 1883\nenable_proxy_protocol 2\ncertfile /a\n"
+                  "keyfile /b\n",
+                  &c) == 0);
+    CHECK(cfg_finish(&c) == -1);
+    CHECK(strcmp(c.err, "t.conf:3: certfile and keyfile cannot be used with "
+                        "`enable_proxy_protocol 2`.") == 0);
+    CHECK(cfg_try("listener 1883\ntls_version tlsv1.1\n", &c) == -1 &&
+          strstr(c.err, "t.conf:2: tls_version"));
+    CHECK(cfg_try("certfile /a\n", &c) == -1);
+    CHECK(cfg_try("listener 8883\ncertfile /a\nkeyfile /b\n"
+                  "max_tls_connections 0\n",
+                  &c) == 0);
+    CHECK(cfg_finish(&c) == -1 && strstr(c.err, "max_tls_connections"));
+}
+
+#if MQX_TLS
+/* A certificate made with
+ * openssl req -x509 -multivalue-rdn -utf8 -subj $'/C=GB/ST=Caf\xc3\xa9 Land
+ *   /O=Example, Inc./OU=dev+UID=42/CN=#client 1 /emailAddress=a@b.c'
+ * whose subject `openssl x509 -nameopt RFC2253` prints as
+ * emailAddress=a@b.c,CN=\#client 1\ ,UID=42+OU=dev,O=Example\, Inc.,
+ * ST=Caf\C3\A9 Land,C=GB. */
+static const char tls_dn_pem[] =
+    "-----BEGIN CERTIFICATE-----\n"
+    "MIICYzCCAgmgAwIBAgIUfVMwI1yhX2ZViAeFPOOjo34qsP8wCgYIKoZIzj0EAwIw\n"
+    "gYUxCzAJBgNVBAYTAkdCMRMwEQYDVQQIDApDYWbDqSBMYW5kMRYwFAYDVQQKDA1F\n"
+    "eGFtcGxlLCBJbmMuMR4wCgYDVQQLDANkZXYwEAYKCZImiZPyLGQBAQwCNDIxEzAR\n"
+    "BgNVBAMMCiNjbGllbnQgMSAxFDASBgkqhkiG9w0BCQEWBWFAYi5jMCAXDTI2MTEy\n"
+    "ODExNDEyMloYDzIxMjYxMTA0MTE0MTIyWjCBhTELMAkGA1UEBhMCR0IxEzARBgNV\n"
+    "BAgMCkNhZsOpIExhbmQxFjAUBgNVBAoMDUV4YW1wbGUsIEluYy4xHjAKBgNVBAsM\n"
+    "A2RldjAQBgoJkiaJk/IsZAEBDAI0MjETMBEGA1UEAwwKI2NsaWVudCAxIDEUMBIG\n"
+    "CSqGSIb3DQEJARYFYUBiLmMwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAASn/K7S\n"
+    "DCmQbyLdZwuy+j1jhBJbG552UqnBJCRIrlbnuQXk8A1s6yd9EF+BWPDMH5HPoeXp\n"
+    "GeIiryIbb+K8/pqYo1MwUTAdBgNVHQ4EFgQU1N0TZNSgjFi46wDWuYgXsJTI8+sw\n"
+    "HwYDVR0jBBgwFoAU1N0TZNSgjFi46wDWuYgXsJTI8+swDwYDVR0TAQH/BAUwAwEB\n"
+    "/zAKBggqhkjOPQQDAgNIADBFAiEA3nDN0NpQ0+Efu6xoIYExsNydDEc0fdcdGcMQ\n"
+    "ho2dSrUCIBI/KjKWkPWO3Ux2tRlCCbDI31VAaUiwFb79AynRfr6A\n"
+    "-----END CERTIFICATE-----\n";
+
+static void
+test_tls_identity(void)
+{
+    mbedtls_x509_crt crt;
+    const mbedtls_x509_name *dn;
+    char out[512];
+    size_t n;
+
+    mbedtls_x509_crt_init(&crt);
+    CHECK(mbedtls_x509_crt_parse(&crt, (const unsigned char *)tls_dn_pem,
+                                 sizeof tls_dn_pem) == 0);
+    n = tls_dn_rfc2253(&crt.subject, out, sizeof out);
+    CHECK(n == strlen(out));
+    CHECK(strcmp(out, "emailAddress=a@b.c,CN=\\#client 1\\ ,UID=42+OU=dev,"
+                      "O=Example\\, Inc.,ST=Caf\\C3\\A9 Land,C=GB") == 0);
+    CHECK(tls_dn_rfc2253(&crt.subject, out, 40) == 0); /* does not fit */
+    for (dn = &crt.subject; dn && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &dn->oid);
+         dn = dn->next)
+        ;
+    CHECK(dn && dn->val.len == 10 && memcmp(dn->val.p, "#client 1 ", 10) == 0);
+    mbedtls_x509_crt_free(&crt);
+    /* suite names: mbedTLS's and IANA's, per version */
+    CHECK(tls_suite_id("TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256", 39, 0) ==
+          MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
+    CHECK(tls_suite_id("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", 39, 0) ==
+          MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
+    CHECK(tls_suite_id("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", 39, 1) == 0);
+    CHECK(tls_suite_id("ECDHE-ECDSA-AES128-GCM-SHA256", 29, 0) == 0);
+    CHECK(tls_suite_id("TLS_AES_128_GCM_SHA256", 22, 0) == 0);
+#if TLS_HAVE_13
+    CHECK(tls_suite_id("TLS_AES_128_GCM_SHA256", 22, 1) ==
+          MBEDTLS_TLS1_3_AES_128_GCM_SHA256);
+    CHECK(tls_suite_id("TLS1-3-AES-128-GCM-SHA256", 25, 1) ==
+          MBEDTLS_TLS1_3_AES_128_GCM_SHA256);
+#endif
+}
+#endif
+
 int
 main(void)
 {
@@ -1104,6 +1209,10 @@ main(void)
     test_store_golden();
     test_store_crashers();
     test_store_expiry();
+    test_tls_config();
+#if MQX_TLS
+    test_tls_identity();
+#endif
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
