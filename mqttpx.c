@@ -196,6 +196,8 @@ struct cfg {
     int64_t message_store_bytes;
     int64_t max_queued_total;
     int64_t max_tls_connections; /* -1 until cfg_finish() settles it */
+    int64_t max_topic_alias;
+    int64_t shared_subscriptions;
     int64_t persistence;
     int64_t autosave_interval;
     int64_t autosave_on_changes;
@@ -256,11 +258,14 @@ struct store {
     uint64_t fails;
 };
 
-/* A message: topic and payload, stored once, shared by every queue. */
+/* A message: topic, MQTT 5 properties and payload, stored once, shared
+ * by every queue. */
 struct msg {
-    uint32_t data; /* store unit: topic bytes, then payload bytes */
+    uint32_t data; /* store unit: topic, properties, payload bytes */
     uint32_t payload_len;
-    uint32_t refs; /* queue entries + retained slot + will owner */
+    uint32_t props_len; /* properties that travel with it (5.0), encoded */
+    uint32_t expire;    /* Unix second it expires at (5.0); 0: never */
+    uint32_t refs;      /* queue entries + retained slot + will owner */
     uint16_t topic_len;
     uint8_t qos;    /* as published */
     uint8_t retain; /* as published */
@@ -274,21 +279,37 @@ enum {
     QE_PUBCOMP = 3,  /* PUBREL sent, waiting for PUBCOMP */
     QE_RECEIVED = 4, /* incoming QoS 2 id, waiting for PUBREL */
 };
+enum {
+    QF_RETAIN = 1, /* deliver with the retain flag */
+    QF_SHARED = 2, /* came through a shared subscription */
+};
 struct qent {
     uint32_t next;
     uint32_t msg; /* NIL once the payload is no longer needed */
     uint16_t pid;
     uint8_t qos;
     uint8_t state;
-    uint8_t retain; /* deliver with the retain flag (retained on subscribe) */
+    uint8_t retain; /* QF_* bits */
 };
 
+/* Subscription options of 5.0 [MQTT-3.8.3.1], as sub.opts keeps them */
+enum {
+    SO_NO_LOCAL = 1,
+    SO_RAP = 2,      /* retain as published */
+    SO_RH_NEW = 4,   /* retain handling 1: retained only if new */
+    SO_RH_NEVER = 8, /* retain handling 2: never */
+};
 struct sub {
     uint32_t node; /* tree node of the filter */
     uint32_t sess;
     uint32_t node_next, node_prev; /* subscribers of one node */
     uint32_t sess_next;            /* subscriptions of one session */
+    uint32_t sub_id;               /* 5.0 subscription identifier, 0: none */
+    uint32_t share; /* store unit of the $share group name, NIL: none */
+    uint32_t last;  /* shared: g.share_seq of its last delivery */
+    uint16_t share_len;
     uint8_t qos;
+    uint8_t opts; /* SO_* */
 };
 
 /* A topic tree node: one level of a filter or a retained topic. */
@@ -316,6 +337,10 @@ struct sess {
     uint16_t next_pid;
     uint32_t stamp; /* routing pass that last matched this session */
     uint8_t match_qos;
+    uint8_t match_rap; /* a matching subscription has retain as published */
+    uint32_t expiry;   /* 5.0 session expiry interval, seconds */
+    uint32_t will;     /* 5.0 delayed will, NIL: none */
+    int64_t will_ms;   /* when to publish it */
     int64_t expire_ms; /* offline persistent session: drop after this */
     uint64_t dropped;  /* messages dropped for this session */
     uint32_t user;     /* store unit of the user name, NIL: anonymous */
@@ -372,8 +397,19 @@ struct conn {
     uint32_t tx_len, tx_off, tx_cap;
     char addr[MQX_ADDR_LEN]; /* client address, as logs show it */
     uint8_t pp;              /* PP_* bits */
-    uint8_t *pp_info;        /* store block: "via\0summary\0CN" (PROXY only) */
+    uint8_t *pp_info;        /* store block: "via\0summary\0CN" (PROXY), or
+                                "\0\0identity" (TLS certificate user name) */
     uint16_t pp_cn_len;      /* CN bytes at the end of pp_info */
+    /* MQTT 5 */
+    uint8_t problem;        /* Request Problem Information: reason strings */
+    uint16_t recv_max;      /* the client's Receive Maximum, 0: none */
+    uint16_t alias_out_max; /* aliases we may give it (its maximum, ours) */
+    uint16_t n_alias_out;
+    uint8_t keepalive_set; /* 5.0: Server Keep Alive replaced the client's */
+    uint32_t max_out;      /* the client's Maximum Packet Size, 0: none */
+    uint32_t will_delay;   /* seconds */
+    uint32_t *alias_in;    /* store block: topic block unit per alias, NIL */
+    uint32_t *alias_out;   /* store block: topic block unit per alias given */
 };
 
 struct tls_slot; /* one mbedTLS session, defined in [11] */
@@ -401,13 +437,16 @@ struct broker {
     uint32_t *node_ht;    /* (parent, name) -> node, open addressing */
     uint32_t *sess_ht;    /* client id -> session, chained */
     uint32_t *match;      /* sessions matched by one routing pass */
+    uint32_t *spick;      /* shared subscriptions picked by one pass */
     uint32_t *dirty;      /* connections with output to fill or flush */
     uint32_t *hot;        /* connections active lately: polled every time */
     struct pollfd *hpfd;  /* the compact pollfd array of a hot poll */
     uint8_t *scratch;     /* the shared read buffer */
     struct pollfd *pfd;   /* listeners first, then one per connection slot */
     uint32_t node_ht_mask, sess_ht_mask;
-    uint32_t n_match, stamp, n_dirty, n_hot;
+    uint32_t n_match, stamp, n_dirty, n_hot, n_spick;
+    uint32_t route_from; /* publishing session of a routing pass (No Local) */
+    uint32_t share_seq;  /* spreads shared subscriptions' deliveries */
     /* [8] retained, [9] subscriptions */
     uint32_t n_retained, n_subs;
     uint64_t retained_bytes;
@@ -520,6 +559,16 @@ wr_u16(uint8_t *p, uint16_t v)
 {
     p[0] = (uint8_t)(v >> 8);
     p[1] = (uint8_t)v;
+}
+
+/* An MQTT 5 string property: identifier, length, bytes; returns 3 + n. */
+static size_t
+wr_prop_str(uint8_t *p, uint8_t id, const void *s, size_t n)
+{
+    p[0] = id;
+    wr_u16(p + 1, (uint16_t)n);
+    if (n) memcpy(p + 3, s, n);
+    return 3 + n;
 }
 
 static int64_t
@@ -1067,7 +1116,12 @@ static const struct cfg_key cfg_keys[] = {
     CK_INT(retain_available, CT_BOOL, 0, 1, 1,
            "false: a retained PUBLISH closes the connection"),
     CK_INT(max_keepalive, CT_INT, 10, 65535, 65535,
-           "largest keepalive a client may ask for, seconds"),
+           "largest keepalive a client may ask for, seconds (5.0 clients "
+           "asking for more get it as Server Keep Alive)"),
+    CK_INT(max_topic_alias, CT_INT, 0, 65535, 10,
+           "MQTT 5 topic aliases per client, both ways; 0: none"),
+    CK_INT(shared_subscriptions, CT_BOOL, 0, 1, 1,
+           "$share/GROUP/FILTER subscriptions; false: SUBACK 0x9E"),
     CK_INT(persistent_client_expiration, CT_SECS, 0, INT64_C(1) << 40, 0,
            "drop persistent sessions offline this long (1h, 2d, 3w, 1m, "
            "1y); default never"),
@@ -3210,8 +3264,260 @@ mqx_topic_match(const uint8_t *f, size_t fn, const uint8_t *t, size_t tn)
     }
 }
 
-/* CONNECT [MQTT-3.1]. MQX_BAD with c->connack set means: send that CONNACK
- * code, then close; with 0: close at once. */
+/* ---- MQTT 5 properties [MQTT-2.2.2] ---- */
+
+/* A Variable Byte Integer [MQTT-1.5.5]: at most 4 bytes, minimal or not. */
+static uint32_t
+rd_varint(struct rd *r)
+{
+    uint32_t v = 0;
+    int i;
+
+    for (i = 0; i < 4; i++) {
+        uint8_t b = rd_u8(r);
+        v |= (uint32_t)(b & 0x7f) << (7 * i);
+        if (!(b & 0x80)) return v;
+    }
+    r->bad = 1;
+    return 0;
+}
+
+size_t
+mqx_varint_size(uint32_t v)
+{
+    return mqx_mqtt_rl_size(v);
+}
+
+size_t
+mqx_enc_varint(uint8_t *p, uint32_t v)
+{
+    return mqx_mqtt_enc_rl(p, v);
+}
+
+#define PB(id) ((uint64_t)1 << (id))
+/* The properties each place may hold [MQTT-2.2.2.2], table 2-4. */
+static const uint64_t prop_allowed[] = {
+    [MQX_PW_CONNECT] = PB(MQX_P_SESSION_EXPIRY) | PB(MQX_P_RECEIVE_MAX) |
+                       PB(MQX_P_MAX_PACKET) | PB(MQX_P_ALIAS_MAX) |
+                       PB(MQX_P_REQ_RESPONSE) | PB(MQX_P_REQ_PROBLEM) |
+                       PB(MQX_P_USER) | PB(MQX_P_AUTH_METHOD) |
+                       PB(MQX_P_AUTH_DATA),
+    [MQX_PW_WILL] = PB(MQX_P_WILL_DELAY) | PB(MQX_P_PAYLOAD_FORMAT) |
+                    PB(MQX_P_MESSAGE_EXPIRY) | PB(MQX_P_CONTENT_TYPE) |
+                    PB(MQX_P_RESPONSE_TOPIC) | PB(MQX_P_CORRELATION) |
+                    PB(MQX_P_USER),
+    [MQX_PW_PUBLISH] = PB(MQX_P_PAYLOAD_FORMAT) | PB(MQX_P_MESSAGE_EXPIRY) |
+                       PB(MQX_P_ALIAS) | PB(MQX_P_RESPONSE_TOPIC) |
+                       PB(MQX_P_CORRELATION) | PB(MQX_P_USER) |
+                       PB(MQX_P_SUB_ID) | PB(MQX_P_CONTENT_TYPE),
+    [MQX_PW_ACK] = PB(MQX_P_REASON) | PB(MQX_P_USER),
+    [MQX_PW_SUBSCRIBE] = PB(MQX_P_SUB_ID) | PB(MQX_P_USER),
+    [MQX_PW_UNSUBSCRIBE] = PB(MQX_P_USER),
+    [MQX_PW_DISCONNECT] = PB(MQX_P_SESSION_EXPIRY) | PB(MQX_P_REASON) |
+                          PB(MQX_P_USER) | PB(MQX_P_SERVER_REF),
+    [MQX_PW_AUTH] = PB(MQX_P_AUTH_METHOD) | PB(MQX_P_AUTH_DATA) |
+                    PB(MQX_P_REASON) | PB(MQX_P_USER),
+    [MQX_PW_CONNACK] =
+        PB(MQX_P_SESSION_EXPIRY) | PB(MQX_P_ASSIGNED_ID) |
+        PB(MQX_P_SERVER_KEEPALIVE) | PB(MQX_P_AUTH_METHOD) |
+        PB(MQX_P_AUTH_DATA) | PB(MQX_P_RESPONSE_INFO) | PB(MQX_P_SERVER_REF) |
+        PB(MQX_P_REASON) | PB(MQX_P_RECEIVE_MAX) | PB(MQX_P_ALIAS_MAX) |
+        PB(MQX_P_MAX_QOS) | PB(MQX_P_RETAIN_AVAILABLE) | PB(MQX_P_USER) |
+        PB(MQX_P_MAX_PACKET) | PB(MQX_P_WILDCARD_AVAILABLE) |
+        PB(MQX_P_SUB_ID_AVAILABLE) | PB(MQX_P_SHARED_AVAILABLE),
+    [MQX_PW_SUBACK] = PB(MQX_P_REASON) | PB(MQX_P_USER),
+};
+/* what travels with a message to its subscribers [MQTT-3.3.2-4..20] */
+#define PROP_FWD                                                               \
+    (PB(MQX_P_PAYLOAD_FORMAT) | PB(MQX_P_CONTENT_TYPE) |                       \
+     PB(MQX_P_RESPONSE_TOPIC) | PB(MQX_P_CORRELATION) | PB(MQX_P_USER))
+
+/* A UTF-8 string property: valid MQTT UTF-8, else the block is bad. */
+static struct mqx_str
+rd_utf8(struct rd *r)
+{
+    struct mqx_str s = rd_str(r);
+
+    if (!r->bad && !mqx_utf8_valid(s.p, s.len)) r->bad = 1;
+    return s;
+}
+
+/* One property block (its length already read): every property known,
+ * allowed at `where`, not repeated (but User Property, and Subscription
+ * Identifier in a PUBLISH to a client), values in range. */
+enum mqx_rc
+mqx_props_decode(const uint8_t *p, size_t n, unsigned where,
+                 struct mqx_props *o)
+{
+    struct rd r = {p, p + n, 0};
+
+    memset(o, 0, sizeof *o);
+    o->raw = p;
+    o->raw_len = (uint32_t)n;
+    if (where > MQX_PW_SUBACK) return MQX_BAD;
+    while (rd_left(&r) > 0 && !r.bad) {
+        const uint8_t *start = r.p;
+        uint32_t id = rd_varint(&r), v;
+        if (r.bad || id >= 64 || !(prop_allowed[where] & PB(id)))
+            return MQX_BAD;
+        if ((o->has & PB(id)) && id != MQX_P_USER &&
+            !(id == MQX_P_SUB_ID && where == MQX_PW_PUBLISH))
+            return MQX_PROTO; /* [MQTT-2.2.2-2] */
+        o->has |= PB(id);
+        switch (id) {
+        case MQX_P_PAYLOAD_FORMAT:
+        case MQX_P_REQ_PROBLEM:
+        case MQX_P_REQ_RESPONSE:
+        case MQX_P_MAX_QOS:
+        case MQX_P_RETAIN_AVAILABLE:
+        case MQX_P_WILDCARD_AVAILABLE:
+        case MQX_P_SUB_ID_AVAILABLE:
+        case MQX_P_SHARED_AVAILABLE:
+            v = rd_u8(&r);
+            if (v > 1 && !r.bad) return MQX_PROTO;
+            if (id == MQX_P_PAYLOAD_FORMAT) o->payload_format = (uint8_t)v;
+            if (id == MQX_P_REQ_PROBLEM) o->req_problem = (uint8_t)v;
+            if (id == MQX_P_REQ_RESPONSE) o->req_response = (uint8_t)v;
+            if (id == MQX_P_MAX_QOS) o->max_qos = (uint8_t)v;
+            break;
+        case MQX_P_SERVER_KEEPALIVE:
+            o->server_keepalive = rd_u16(&r);
+            break;
+        case MQX_P_RECEIVE_MAX:
+            o->receive_max = rd_u16(&r);
+            if (o->receive_max == 0 && !r.bad) return MQX_PROTO;
+            break;
+        case MQX_P_ALIAS_MAX:
+            o->alias_max = rd_u16(&r);
+            break;
+        case MQX_P_ALIAS: /* 0 is the handler's to refuse (0x94) */
+            o->alias = rd_u16(&r);
+            break;
+        case MQX_P_MESSAGE_EXPIRY:
+            o->message_expiry = rd_u32(&r);
+            break;
+        case MQX_P_SESSION_EXPIRY:
+            o->session_expiry = rd_u32(&r);
+            break;
+        case MQX_P_WILL_DELAY:
+            o->will_delay = rd_u32(&r);
+            break;
+        case MQX_P_MAX_PACKET:
+            o->max_packet = rd_u32(&r);
+            if (o->max_packet == 0 && !r.bad) return MQX_PROTO;
+            break;
+        case MQX_P_SUB_ID:
+            o->sub_id = rd_varint(&r);
+            if (o->sub_id == 0 && !r.bad) return MQX_PROTO;
+            break;
+        case MQX_P_CONTENT_TYPE:
+            o->content_type = rd_utf8(&r);
+            break;
+        case MQX_P_RESPONSE_TOPIC:
+            o->response_topic = rd_utf8(&r);
+            if (!r.bad &&
+                !mqx_topic_valid(o->response_topic.p, o->response_topic.len))
+                return MQX_PROTO; /* [MQTT-3.3.2-14] */
+            break;
+        case MQX_P_CORRELATION:
+            o->correlation = rd_str(&r);
+            break;
+        case MQX_P_AUTH_METHOD:
+            o->auth_method = rd_utf8(&r);
+            break;
+        case MQX_P_AUTH_DATA:
+            o->auth_data = rd_str(&r);
+            break;
+        case MQX_P_REASON:
+            o->reason = rd_utf8(&r);
+            break;
+        case MQX_P_USER:
+            (void)rd_utf8(&r);
+            (void)rd_utf8(&r);
+            o->n_user++;
+            break;
+        default: /* ASSIGNED_ID, RESPONSE_INFO, SERVER_REF */
+            (void)rd_utf8(&r);
+            break;
+        }
+        if (!r.bad && (PROP_FWD & PB(id)))
+            o->fwd_len += (uint32_t)(r.p - start);
+    }
+    return r.bad ? MQX_BAD : MQX_DONE;
+}
+
+/* A property block with its length in front; *used: the bytes of both. */
+enum mqx_rc
+mqx_props_read(const uint8_t *b, size_t n, unsigned where,
+               struct mqx_props *out, size_t *used)
+{
+    struct rd r = {b, b + n, 0};
+    uint32_t len = rd_varint(&r);
+    size_t hl = (size_t)(r.p - b);
+
+    memset(out, 0, sizeof *out);
+    if (r.bad || rd_left(&r) < len) return MQX_BAD;
+    *used = hl + len;
+    return mqx_props_decode(b + hl, len, where, out);
+}
+
+/* Copies the properties that travel with a message, in their order;
+ * returns pr->fwd_len. */
+size_t
+mqx_props_copy_fwd(const struct mqx_props *pr, uint8_t *out)
+{
+    struct rd r = {pr->raw, pr->raw + pr->raw_len, 0};
+    size_t o = 0;
+
+    while (rd_left(&r) > 0 && o < pr->fwd_len) {
+        const uint8_t *start = r.p;
+        uint32_t id = rd_varint(&r);
+        switch (id) {
+        case MQX_P_PAYLOAD_FORMAT:
+        case MQX_P_REQ_PROBLEM:
+        case MQX_P_REQ_RESPONSE:
+        case MQX_P_MAX_QOS:
+        case MQX_P_RETAIN_AVAILABLE:
+        case MQX_P_WILDCARD_AVAILABLE:
+        case MQX_P_SUB_ID_AVAILABLE:
+        case MQX_P_SHARED_AVAILABLE:
+            (void)rd_u8(&r);
+            break;
+        case MQX_P_SERVER_KEEPALIVE:
+        case MQX_P_RECEIVE_MAX:
+        case MQX_P_ALIAS_MAX:
+        case MQX_P_ALIAS:
+            (void)rd_u16(&r);
+            break;
+        case MQX_P_MESSAGE_EXPIRY:
+        case MQX_P_SESSION_EXPIRY:
+        case MQX_P_WILL_DELAY:
+        case MQX_P_MAX_PACKET:
+            (void)rd_u32(&r);
+            break;
+        case MQX_P_SUB_ID:
+            (void)rd_varint(&r);
+            break;
+        case MQX_P_USER:
+            (void)rd_str(&r);
+            (void)rd_str(&r);
+            break;
+        default:
+            (void)rd_str(&r);
+            break;
+        }
+        if (r.bad) break;
+        if (id < 64 && (PROP_FWD & PB(id))) {
+            memcpy(out + o, start, (size_t)(r.p - start));
+            o += (size_t)(r.p - start);
+        }
+    }
+    return o;
+}
+
+/* CONNECT [MQTT-3.1], [MQTT-3.1] of 5.0. MQX_BAD with c->connack set
+ * means: send that CONNACK code (a 5.0 reason code at level 5), then
+ * close; with 0: close at once. */
 enum mqx_rc
 mqx_mqtt_connect(const uint8_t *b, size_t n, struct mqx_connect *c)
 {
@@ -3226,7 +3532,7 @@ mqx_mqtt_connect(const uint8_t *b, size_t n, struct mqx_connect *c)
     c->keepalive = rd_u16(&r);
     if (r.bad) return MQX_BAD;
     if (str_eq(name, "MQTT")) {
-        if (c->level != 4) {
+        if (c->level != 4 && c->level != 5) {
             c->connack = MQX_CONNACK_PROTOCOL; /* [MQTT-3.1.2-2] */
             return MQX_BAD;
         }
@@ -3238,7 +3544,7 @@ mqx_mqtt_connect(const uint8_t *b, size_t n, struct mqx_connect *c)
     } else {
         return MQX_BAD; /* [MQTT-3.1.2-1] not MQTT at all */
     }
-    if (c->level == 4 && (flags & 0x01)) return MQX_BAD; /* [MQTT-3.1.2-3] */
+    if (c->level >= 4 && (flags & 0x01)) return MQX_BAD; /* [MQTT-3.1.2-3] */
     c->clean = (flags >> 1) & 1;
     c->will = (flags >> 2) & 1;
     c->will_qos = (flags >> 3) & 3;
@@ -3249,23 +3555,52 @@ mqx_mqtt_connect(const uint8_t *b, size_t n, struct mqx_connect *c)
     if (!c->will && (c->will_qos || c->will_retain))
         return MQX_BAD; /* [MQTT-3.1.2-13], [MQTT-3.1.2-15] */
     if (c->level == 4 && c->has_pass && !c->has_user)
-        return MQX_BAD; /* [MQTT-3.1.2-22] */
+        return MQX_BAD; /* [MQTT-3.1.2-22]; 5.0 allows it */
+    if (c->level == 5) {
+        size_t used = 0;
+        enum mqx_rc prc =
+            mqx_props_read(r.p, rd_left(&r), MQX_PW_CONNECT, &c->props, &used);
+        if (prc != MQX_DONE) {
+            c->connack = prc == MQX_PROTO ? MQX_RC_PROTOCOL : MQX_RC_MALFORMED;
+            return MQX_BAD;
+        }
+        r.p += used;
+    }
     c->client_id = rd_str(&r);
     if (c->will) {
+        if (c->level == 5) {
+            size_t used = 0;
+            enum mqx_rc prc = mqx_props_read(r.p, rd_left(&r), MQX_PW_WILL,
+                                             &c->will_props, &used);
+            if (prc != MQX_DONE) {
+                c->connack =
+                    prc == MQX_PROTO ? MQX_RC_PROTOCOL : MQX_RC_MALFORMED;
+                return MQX_BAD;
+            }
+            r.p += used;
+        }
         c->will_topic = rd_str(&r);
         c->will_payload = rd_str(&r);
     }
     if (c->has_user) c->username = rd_str(&r);
     if (c->has_pass) c->password = rd_str(&r);
     if (r.bad || rd_left(&r) != 0) return MQX_BAD;
-    if (!mqx_utf8_valid(c->client_id.p, c->client_id.len))
+    if (!mqx_utf8_valid(c->client_id.p, c->client_id.len)) {
+        if (c->level == 5) c->connack = MQX_RC_ID_INVALID;
         return MQX_BAD; /* [MQTT-3.1.3-4] */
+    }
     if (c->will && !mqx_topic_valid(c->will_topic.p, c->will_topic.len))
         return MQX_BAD;
     if (c->has_user && !mqx_utf8_valid(c->username.p, c->username.len))
         return MQX_BAD; /* [MQTT-3.1.3-11] */
-    if (c->client_id.len == 0 && (c->level == 3 || !c->clean)) {
-        c->connack = MQX_CONNACK_ID; /* [MQTT-3.1.3-8] */
+    if (c->level == 5 && c->will && c->will_props.payload_format &&
+        !mqx_utf8_valid(c->will_payload.p, c->will_payload.len)) {
+        c->connack = MQX_RC_PAYLOAD_FORMAT; /* [MQTT-3.1.3-11] */
+        return MQX_BAD;
+    }
+    if (c->client_id.len == 0 &&
+        (c->level == 3 || (c->level == 4 && !c->clean))) {
+        c->connack = MQX_CONNACK_ID; /* [MQTT-3.1.3-8]; 5.0 assigns one */
         return MQX_BAD;
     }
     if (c->level == 3 && !c->has_user) c->has_pass = 0;
@@ -3279,7 +3614,6 @@ mqx_mqtt_publish(uint8_t flags, const uint8_t *b, size_t n, uint8_t level,
 {
     struct rd r = {b, b + n, 0};
 
-    (void)level;
     memset(p, 0, sizeof *p);
     p->retain = flags & 1;
     p->qos = (flags >> 1) & 3;
@@ -3290,8 +3624,21 @@ mqx_mqtt_publish(uint8_t flags, const uint8_t *b, size_t n, uint8_t level,
     if (p->qos) p->pid = rd_u16(&r);
     if (r.bad) return MQX_BAD;
     if (p->qos && p->pid == 0) return MQX_BAD; /* [MQTT-2.3.1-1] */
-    if (!mqx_topic_valid(p->topic.p, p->topic.len))
+    if (level == 5) {
+        size_t used = 0;
+        enum mqx_rc prc =
+            mqx_props_read(r.p, rd_left(&r), MQX_PW_PUBLISH, &p->props, &used);
+        if (prc != MQX_DONE) return prc;
+        r.p += used;
+        /* an empty topic stands for a Topic Alias: the handler's */
+        if (p->topic.len == 0 && !(p->props.has & PB(MQX_P_ALIAS)))
+            return MQX_PROTO; /* [MQTT-3.3.2-8] */
+        if (p->topic.len && !mqx_topic_valid(p->topic.p, p->topic.len))
+            return mqx_utf8_valid(p->topic.p, p->topic.len) ? MQX_PROTO
+                                                            : MQX_BAD;
+    } else if (!mqx_topic_valid(p->topic.p, p->topic.len)) {
         return MQX_BAD; /* [MQTT-3.3.2-1], [MQTT-3.3.2-2] */
+    }
     p->payload.p = r.p;
     p->payload.len = (uint32_t)rd_left(&r);
     return MQX_DONE;
@@ -3304,12 +3651,22 @@ mqx_mqtt_subscribe(const struct mqx_packet *pk, uint8_t level,
                    struct mqx_subscribe *s)
 {
     struct rd r = {pk->body, pk->body + pk->len, 0};
+    int rh3 = 0;
 
     memset(s, 0, sizeof *s);
     if (pk->flags != 2) return MQX_BAD; /* [MQTT-3.8.1-1], [MQTT-3.10.1-1] */
     s->with_opts = pk->type == MQX_SUBSCRIBE;
     s->pid = rd_u16(&r);
     if (r.bad || s->pid == 0) return MQX_BAD;
+    if (level == 5) {
+        size_t used = 0;
+        enum mqx_rc prc =
+            mqx_props_read(r.p, rd_left(&r),
+                           s->with_opts ? MQX_PW_SUBSCRIBE : MQX_PW_UNSUBSCRIBE,
+                           &s->props, &used);
+        if (prc != MQX_DONE) return prc;
+        r.p += used;
+    }
     s->list = r.p;
     s->list_len = (uint32_t)rd_left(&r);
     while (rd_left(&r) > 0) {
@@ -3318,13 +3675,19 @@ mqx_mqtt_subscribe(const struct mqx_packet *pk, uint8_t level,
             uint8_t o = rd_u8(&r);
             if ((o & 3) == 3) return MQX_BAD; /* [MQTT-3.8.3-4] */
             if (level <= 4 && (o & 0xfc)) return MQX_BAD;
+            if (o & 0xc0) return MQX_BAD;    /* [MQTT-3.8.3-5] */
+            if ((o & 0x30) == 0x30) rh3 = 1; /* retain handling 3 */
         }
         if (r.bad) return MQX_BAD;
-        if (!mqx_filter_valid(f.p, f.len)) return MQX_BAD; /* [MQTT-4.7.3-1] */
+        if (level == 5) { /* a bad filter gets its own reason code */
+            if (!mqx_utf8_valid(f.p, f.len)) return MQX_BAD;
+        } else if (!mqx_filter_valid(f.p, f.len)) {
+            return MQX_BAD; /* [MQTT-4.7.3-1] */
+        }
         s->count++;
     }
     if (s->count == 0) return MQX_BAD; /* [MQTT-3.8.3-3], [MQTT-3.10.3-2] */
-    return MQX_DONE;
+    return rh3 ? MQX_PROTO : MQX_DONE;
 }
 
 /* Walks a validated (UN)SUBSCRIBE; returns 0 at the end. */
@@ -3342,17 +3705,50 @@ mqx_mqtt_sub_next(const struct mqx_subscribe *s, size_t *off,
     return 1;
 }
 
-/* PUBACK, PUBREC, PUBREL, PUBCOMP: a packet id, nothing else; PUBREL's
- * flags are 0010 [MQTT-3.6.1-1], the others 0000. */
+/* PUBACK, PUBREC, PUBREL, PUBCOMP: a packet id; at level 5 optionally a
+ * reason code and properties. PUBREL's flags are 0010 [MQTT-3.6.1-1], the
+ * others 0000. */
 enum mqx_rc
-mqx_mqtt_ack(const struct mqx_packet *pk, uint16_t *pid)
+mqx_mqtt_ack(const struct mqx_packet *pk, uint8_t level, struct mqx_ack *a)
 {
     struct rd r = {pk->body, pk->body + pk->len, 0};
 
+    memset(a, 0, sizeof *a);
     if (pk->flags != (pk->type == MQX_PUBREL ? 2 : 0)) return MQX_BAD;
-    if (pk->len != 2) return MQX_BAD;
-    *pid = rd_u16(&r);
-    return *pid ? MQX_DONE : MQX_BAD;
+    if (pk->len != 2 && (level != 5 || pk->len < 2)) return MQX_BAD;
+    a->pid = rd_u16(&r);
+    if (a->pid == 0) return MQX_BAD;
+    if (rd_left(&r) > 0) a->reason = rd_u8(&r);
+    if (rd_left(&r) > 0) {
+        size_t used = 0;
+        if (mqx_props_read(r.p, rd_left(&r), MQX_PW_ACK, &a->props, &used) !=
+                MQX_DONE ||
+            used != rd_left(&r))
+            return MQX_BAD;
+    }
+    return MQX_DONE;
+}
+
+/* DISCONNECT: empty before level 5; then an optional reason code and
+ * properties [MQTT-3.14.2]. */
+enum mqx_rc
+mqx_mqtt_disconnect(const struct mqx_packet *pk, uint8_t level,
+                    struct mqx_ack *a)
+{
+    struct rd r = {pk->body, pk->body + pk->len, 0};
+
+    memset(a, 0, sizeof *a);
+    if (pk->flags) return MQX_BAD; /* [MQTT-3.14.1-1] */
+    if (level != 5) return pk->len ? MQX_BAD : MQX_DONE;
+    if (rd_left(&r) > 0) a->reason = rd_u8(&r);
+    if (rd_left(&r) > 0) {
+        size_t used = 0;
+        if (mqx_props_read(r.p, rd_left(&r), MQX_PW_DISCONNECT, &a->props,
+                           &used) != MQX_DONE ||
+            used != rd_left(&r))
+            return MQX_BAD;
+    }
+    return MQX_DONE;
 }
 
 size_t
@@ -3394,6 +3790,29 @@ mqx_mqtt_enc_ack(uint8_t *p, uint8_t type, uint16_t pid)
     return 4;
 }
 
+/* A 5.0 acknowledgement (PUBACK..PUBCOMP, or UNSUBACK-free types) with a
+ * reason code and an optional reason string: the short form when both are
+ * absent [MQTT-3.4.2.1]. At most 8 + strlen(why) bytes. */
+size_t
+mqx_mqtt_enc_ack5(uint8_t *p, uint8_t type, uint16_t pid, uint8_t reason,
+                  const char *why)
+{
+    size_t wl = why ? strlen(why) : 0, pl = wl ? 3 + wl : 0, rl, i;
+
+    if (reason == 0 && !wl) return mqx_mqtt_enc_ack(p, type, pid);
+    rl = 2 + 1 + (pl ? mqx_varint_size((uint32_t)pl) + pl : 0);
+    p[0] = (uint8_t)(type << 4 | (type == MQX_PUBREL ? 2 : 0));
+    i = 1 + mqx_mqtt_enc_rl(p + 1, (uint32_t)rl);
+    wr_u16(p + i, pid);
+    p[i + 2] = reason;
+    i += 3;
+    if (pl) {
+        i += mqx_enc_varint(p + i, (uint32_t)pl);
+        i += wr_prop_str(p + i, MQX_P_REASON, why, wl);
+    }
+    return i;
+}
+
 size_t
 mqx_mqtt_publish_size(size_t topic_len, size_t payload_len, uint8_t qos)
 {
@@ -3423,6 +3842,48 @@ mqx_mqtt_enc_publish(uint8_t *p, const uint8_t *topic, size_t topic_len,
     return i + payload_len;
 }
 
+/* A 5.0 PUBLISH: properties are `pre` (the broker's: alias, expiry,
+ * subscription ids) then `fwd` (the publisher's, as stored). */
+size_t
+mqx_mqtt_publish5_size(size_t topic_len, size_t payload_len, uint8_t qos,
+                       size_t props_len)
+{
+    size_t rl = 2 + topic_len + (qos ? 2 : 0) +
+                mqx_varint_size((uint32_t)props_len) + props_len + payload_len;
+
+    return 1 + mqx_mqtt_rl_size((uint32_t)rl) + rl;
+}
+
+size_t
+mqx_mqtt_enc_publish5(uint8_t *p, const uint8_t *topic, size_t topic_len,
+                      const uint8_t *payload, size_t payload_len, uint8_t qos,
+                      uint8_t retain, uint8_t dup, uint16_t pid,
+                      const uint8_t *pre, size_t pre_len, const uint8_t *fwd,
+                      size_t fwd_len)
+{
+    size_t pl = pre_len + fwd_len, i;
+    size_t rl = 2 + topic_len + (qos ? 2 : 0) + mqx_varint_size((uint32_t)pl) +
+                pl + payload_len;
+
+    p[0] = (uint8_t)(MQX_PUBLISH << 4 | (dup ? 8 : 0) | qos << 1 |
+                     (retain ? 1 : 0));
+    i = 1 + mqx_mqtt_enc_rl(p + 1, (uint32_t)rl);
+    wr_u16(p + i, (uint16_t)topic_len);
+    if (topic_len) memcpy(p + i + 2, topic, topic_len);
+    i += 2 + topic_len;
+    if (qos) {
+        wr_u16(p + i, pid);
+        i += 2;
+    }
+    i += mqx_enc_varint(p + i, (uint32_t)pl);
+    if (pre_len) memcpy(p + i, pre, pre_len);
+    i += pre_len;
+    if (fwd_len) memcpy(p + i, fwd, fwd_len);
+    i += fwd_len;
+    if (payload_len) memcpy(p + i, payload, payload_len);
+    return i + payload_len;
+}
+
 /* ==== [8] Messages, topic tree, retained store ==== */
 /* Owns g.msgs and g.nodes. A message is stored once and reference counted;
  * the tree holds one node per level of every filter and retained topic,
@@ -3441,7 +3902,7 @@ static void jr_retain(uint32_t m, const uint8_t *t, size_t n);
 static void jr_sid(unsigned type, uint32_t sid);
 static void jr_pid(unsigned type, uint32_t sid, uint16_t pid);
 static void jr_sub(unsigned type, uint32_t sid, uint8_t qos, const uint8_t *f,
-                   size_t n);
+                   size_t n, uint32_t sub_id);
 static void jr_queue(uint32_t sid, uint32_t m, uint8_t qos, uint8_t retain);
 static void jr_sess(uint32_t sid);
 
@@ -3452,9 +3913,22 @@ msg_topic(const struct msg *m)
 }
 
 static const uint8_t *
-msg_payload(const struct msg *m)
+msg_props(const struct msg *m)
 {
     return st_ptr(m->data) + m->topic_len;
+}
+
+static const uint8_t *
+msg_payload(const struct msg *m)
+{
+    return st_ptr(m->data) + m->topic_len + m->props_len;
+}
+
+/* Has a 5.0 message's Message Expiry Interval run out? */
+static int
+msg_expired(const struct msg *m)
+{
+    return m->expire && (uint32_t)time(NULL) >= m->expire;
 }
 
 /* Messages may fill the store up to 7/8: the last eighth is kept for
@@ -3469,35 +3943,47 @@ msg_room(size_t n)
 /* A new message with refs 0; NIL when the message pool or the store is
  * full (the caller's policy: drop QoS 0, keep QoS 1/2 unread). */
 static uint32_t
-msg_new(const uint8_t *topic, size_t tl, const uint8_t *payload, size_t pl,
-        uint8_t qos, uint8_t retain)
+msg_new5(const uint8_t *topic, size_t tl, const uint8_t *fw, size_t fl,
+         const uint8_t *payload, size_t pl, uint8_t qos, uint8_t retain,
+         uint32_t expire)
 {
     uint32_t i;
     uint8_t *b;
     struct msg *m;
 
-    if (!msg_room(tl + pl)) {
+    if (!msg_room(tl + fl + pl)) {
         g.st.fails++;
         return NIL;
     }
     i = pool_take(&g.p_msg);
     if (i == NIL) return NIL;
-    b = st_alloc(tl + pl);
+    b = st_alloc(tl + fl + pl);
     if (!b) {
         pool_give(&g.p_msg, i);
         return NIL;
     }
     memcpy(b, topic, tl);
-    if (pl) memcpy(b + tl, payload, pl);
+    if (fl && fw) memcpy(b + tl, fw, fl);
+    if (pl) memcpy(b + tl + fl, payload, pl);
     g.jmark[i / 8] = (uint8_t)(g.jmark[i / 8] & ~(1u << (i % 8)));
     m = &g.msgs[i];
     m->data = ST_UNIT(b);
     m->topic_len = (uint16_t)tl;
     m->payload_len = (uint32_t)pl;
+    m->props_len = (uint32_t)fl;
+    m->expire = expire;
     m->refs = 0;
     m->qos = qos;
     m->retain = retain;
     return i;
+}
+
+/* A message without 5.0 properties ($SYS, 3.1.1 publishers). */
+static uint32_t
+msg_new(const uint8_t *topic, size_t tl, const uint8_t *payload, size_t pl,
+        uint8_t qos, uint8_t retain)
+{
+    return msg_new5(topic, tl, NULL, 0, payload, pl, qos, retain, 0);
 }
 
 static void
@@ -3674,24 +4160,106 @@ tree_path(const uint8_t *t, size_t n, int create)
 
 /* --- matching a published topic against the filters --- */
 
-/* Adds every subscriber of a node to g.match, one entry per session at
- * the highest QoS of its matching subscriptions. */
+static int acl_allows(uint32_t s, const uint8_t *t, size_t n, unsigned access);
+
+/* Are two subscriptions in the same $share group (or both unshared)? */
+static int
+sub_same_share(const struct sub *a, uint32_t share, uint16_t len,
+               const uint8_t *name)
+{
+    if (a->share == NIL || share == NIL) return a->share == share;
+    return a->share_len == len && memcmp(st_ptr(a->share), name, len) == 0;
+}
+
+/* A shared subscription matched at node nd: one member of its group gets
+ * the message [MQTT-4.8.2-3]. The group is handled at its first member in
+ * the node's list; the member picked is online if one is, the one whose
+ * last delivery is oldest (round robin), and allowed to read the topic. */
 static void
-tree_collect(uint32_t nd)
+share_pick(uint32_t nd, uint32_t first, const uint8_t *t, size_t n)
+{
+    const struct sub *f = &g.subs[first];
+    const uint8_t *name = st_ptr(f->share);
+    uint32_t si, best = NIL;
+    int best_on = 0;
+
+    for (si = g.nodes[nd].subs; si != first; si = g.subs[si].node_next)
+        if (sub_same_share(&g.subs[si], f->share, f->share_len, name))
+            return; /* done at an earlier member */
+    for (si = first; si != NIL; si = g.subs[si].node_next) {
+        const struct sub *sb = &g.subs[si];
+        const struct sess *s = &g.sess[sb->sess];
+        int on = s->conn != NIL && g.conns[s->conn].state == CONN_ONLINE;
+        if (!sub_same_share(sb, f->share, f->share_len, name)) continue;
+        if (!acl_allows(sb->sess, t, n, MQX_ACL_READ)) continue;
+        if (best == NIL || on > best_on ||
+            (on == best_on && sb->last < g.subs[best].last)) {
+            best = si;
+            best_on = on;
+        }
+    }
+    if (best == NIL) return;
+    g.subs[best].last = ++g.share_seq;
+    g.spick[g.n_spick++] = best;
+}
+
+/* Adds every subscriber of a node to g.match, one entry per session at
+ * the highest QoS of its matching subscriptions; shared subscriptions
+ * pick one member per group into g.spick. */
+static void
+tree_collect(uint32_t nd, const uint8_t *t, size_t n)
 {
     uint32_t si;
 
     for (si = g.nodes[nd].subs; si != NIL; si = g.subs[si].node_next) {
         struct sub *sb = &g.subs[si];
         struct sess *s = &g.sess[sb->sess];
+        if (sb->share != NIL) {
+            share_pick(nd, si, t, n);
+            continue;
+        }
+        if ((sb->opts & SO_NO_LOCAL) && sb->sess == g.route_from)
+            continue; /* [MQTT-3.8.3-3] */
         if (s->stamp != g.stamp) {
             s->stamp = g.stamp;
             s->match_qos = sb->qos;
+            s->match_rap = sb->opts & SO_RAP;
             g.match[g.n_match++] = sb->sess;
-        } else if (sb->qos > s->match_qos) {
-            s->match_qos = sb->qos;
+        } else {
+            if (sb->qos > s->match_qos) s->match_qos = sb->qos;
+            s->match_rap |= sb->opts & SO_RAP;
         }
     }
+}
+
+/* Does the filter of node nd match topic t? (5.0 subscription ids are
+ * found again when a message is sent.) */
+static int
+node_matches(uint32_t nd, const uint8_t *t, size_t n)
+{
+    uint32_t path[MQX_MAX_TOPIC_LEVELS + 1] = {0};
+    size_t k = 0, i, pos = 0, e;
+    int dollar = n > 0 && t[0] == '$';
+
+    while (nd != 0 && nd != NIL && k <= MQX_MAX_TOPIC_LEVELS) {
+        path[k++] = nd;
+        nd = g.nodes[nd].parent;
+    }
+    for (i = k; i-- > 0;) {
+        const struct node *x = &g.nodes[path[i]];
+        const uint8_t *nm = x->name_len ? st_ptr(x->name) : NULL;
+        int wild = x->name_len == 1 && (nm[0] == '#' || nm[0] == '+');
+        if (wild && dollar && i == k - 1) return 0; /* [MQTT-4.7.2-1] */
+        if (wild && nm[0] == '#') return 1;
+        if (pos > n) return 0; /* the topic has no level left */
+        for (e = pos; e < n && t[e] != '/'; e++)
+            ;
+        if (!wild && (x->name_len != e - pos ||
+                      (x->name_len && memcmp(nm, t + pos, e - pos) != 0)))
+            return 0;
+        pos = e + 1;
+    }
+    return pos == n + 1;
 }
 
 /* At node nd (levels before `pos` matched): match the level at t[pos..]. */
@@ -3706,7 +4274,7 @@ tree_match(uint32_t nd, const uint8_t *t, size_t n, size_t pos)
         e++;
     if (!dollar) {
         c = node_find(nd, (const uint8_t *)"#", 1);
-        if (c != NIL) tree_collect(c);
+        if (c != NIL) tree_collect(c, t, n);
     }
     for (int wild = 0; wild < 2; wild++) {
         if (wild && dollar) break;
@@ -3715,8 +4283,8 @@ tree_match(uint32_t nd, const uint8_t *t, size_t n, size_t pos)
         if (c == NIL) continue;
         if (e >= n) {
             uint32_t h = node_find(c, (const uint8_t *)"#", 1);
-            tree_collect(c);
-            if (h != NIL) tree_collect(h); /* "a/#" matches "a" */
+            tree_collect(c, t, n);
+            if (h != NIL) tree_collect(h, t, n); /* "a/#" matches "a" */
         } else {
             tree_match(c, t, n, e + 1);
         }
@@ -3734,6 +4302,7 @@ tree_route(const uint8_t *t, size_t n)
         g.stamp = 1;
     }
     g.n_match = 0;
+    g.n_spick = 0;
     tree_match(0, t, n, 0);
 }
 
@@ -4439,6 +5008,7 @@ auth_load_all(char *err, size_t cap)
 
 static void conn_dirty(struct conn *c);
 static void conn_close(struct conn *c, unsigned flags);
+static void conn_disconnect(struct conn *c, uint8_t reason, const char *why);
 
 #define ID_FMT "%.*s"
 
@@ -4493,6 +5063,7 @@ sess_new(const uint8_t *id, size_t n)
     x->q_head = x->q_tail = x->f_head = x->f_tail = x->r_head = NIL;
     x->next_pid = 1;
     x->user = NIL;
+    x->will = NIL;
     h = sess_hash(id, n);
     x->hash_next = g.sess_ht[h];
     g.sess_ht[h] = s;
@@ -4619,28 +5190,67 @@ sub_unlink(uint32_t si)
         nd->subs = sb->node_next;
     if (sb->node_next != NIL) g.subs[sb->node_next].node_prev = sb->node_prev;
     g.n_subs--;
+    if (sb->share != NIL) st_free(st_ptr(sb->share));
     pool_give(&g.p_sub, si);
 }
 
-/* Subscribes session s; returns the granted QoS, or 0x80 when the filter
- * is too deep or a pool is full. *node gets the filter's node. */
+/* "$share/GROUP/FILTER" [MQTT-4.8.2]: 1 with the group and the filter,
+ * 0 for an ordinary filter, -1 when the group or filter is invalid. */
+static int
+share_split(const uint8_t *f, size_t n, struct mqx_str *group,
+            struct mqx_str *filter)
+{
+    size_t i;
+
+    filter->p = f;
+    filter->len = (uint32_t)n;
+    if (n < 7 || memcmp(f, "$share/", 7) != 0) return 0;
+    for (i = 7; i < n && f[i] != '/'; i++)
+        if (f[i] == '+' || f[i] == '#') return -1; /* [MQTT-4.8.2-2] */
+    if (i == 7 || i + 1 >= n) return -1;           /* [MQTT-4.8.2-1] */
+    group->p = f + 7;
+    group->len = (uint32_t)(i - 7);
+    filter->p = f + i + 1;
+    filter->len = (uint32_t)(n - i - 1);
+    return mqx_filter_valid(filter->p, filter->len) ? 1 : -1;
+}
+
+/* Subscribes session s to filter f (a "$share/GROUP/" prefix makes it a
+ * shared subscription); returns the granted QoS, or 0x80 when the filter
+ * is too deep or a pool is full. *node gets the filter's node, *existed
+ * whether the subscription was there (it is replaced [MQTT-3.8.4-3]). */
 static uint8_t
-sub_add(uint32_t s, const uint8_t *f, size_t n, uint8_t qos, uint32_t *node)
+sub_add(uint32_t s, const uint8_t *f, size_t n, uint8_t qos, uint8_t opts,
+        uint32_t sub_id, uint32_t *node, int *existed)
 {
     uint32_t nd, si;
     struct sub *sb;
+    struct mqx_str grp = {NULL, 0}, flt;
+    uint8_t *gb = NULL;
 
-    if (mqx_topic_levels(f, n) > (unsigned)g.cfg.max_topic_levels) return 0x80;
-    nd = tree_path(f, n, 1);
+    *existed = 0;
+    if (share_split(f, n, &grp, &flt) < 0) return 0x80;
+    if (mqx_topic_levels(flt.p, flt.len) > (unsigned)g.cfg.max_topic_levels)
+        return 0x80;
+    nd = tree_path(flt.p, flt.len, 1);
     if (nd == NIL) return 0x80;
     *node = nd;
     for (si = g.sess[s].subs; si != NIL; si = g.subs[si].sess_next)
-        if (g.subs[si].node == nd) { /* [MQTT-3.8.4-3] replace */
+        if (g.subs[si].node == nd &&
+            sub_same_share(&g.subs[si], grp.p ? 0 : NIL, (uint16_t)grp.len,
+                           grp.p)) {
             g.subs[si].qos = qos;
-            jr_sub(MQX_JR_SUB, s, qos, f, n);
+            g.subs[si].opts = opts;
+            g.subs[si].sub_id = sub_id;
+            jr_sub(MQX_JR_SUB, s, (uint8_t)(qos | opts << 2), f, n, sub_id);
+            *existed = 1;
             return qos;
         }
     si = pool_take(&g.p_sub);
+    if (si != NIL && grp.p && !(gb = st_dup(grp.p, grp.len))) {
+        pool_give(&g.p_sub, si);
+        si = NIL;
+    }
     if (si == NIL) {
         node_prune(nd);
         return 0x80;
@@ -4649,6 +5259,11 @@ sub_add(uint32_t s, const uint8_t *f, size_t n, uint8_t qos, uint32_t *node)
     sb->node = nd;
     sb->sess = s;
     sb->qos = qos;
+    sb->opts = opts;
+    sb->sub_id = sub_id;
+    sb->share = gb ? ST_UNIT(gb) : NIL;
+    sb->share_len = (uint16_t)grp.len;
+    sb->last = 0;
     sb->node_prev = NIL;
     sb->node_next = g.nodes[nd].subs;
     if (sb->node_next != NIL) g.subs[sb->node_next].node_prev = si;
@@ -4657,7 +5272,7 @@ sub_add(uint32_t s, const uint8_t *f, size_t n, uint8_t qos, uint32_t *node)
     g.sess[s].subs = si;
     g.n_subs++;
     g.changes++;
-    jr_sub(MQX_JR_SUB, s, qos, f, n);
+    jr_sub(MQX_JR_SUB, s, (uint8_t)(qos | opts << 2), f, n, sub_id);
     return qos;
 }
 
@@ -4665,11 +5280,16 @@ sub_add(uint32_t s, const uint8_t *f, size_t n, uint8_t qos, uint32_t *node)
 static int
 sub_remove(uint32_t s, const uint8_t *f, size_t n)
 {
-    uint32_t nd = tree_path(f, n, 0), si, prev = NIL;
+    struct mqx_str grp = {NULL, 0}, flt;
+    uint32_t nd, si, prev = NIL;
 
+    if (share_split(f, n, &grp, &flt) < 0) return 0;
+    nd = tree_path(flt.p, flt.len, 0);
     if (nd == NIL) return 0;
     for (si = g.sess[s].subs; si != NIL; prev = si, si = g.subs[si].sess_next)
-        if (g.subs[si].node == nd) {
+        if (g.subs[si].node == nd &&
+            sub_same_share(&g.subs[si], grp.p ? 0 : NIL, (uint16_t)grp.len,
+                           grp.p)) {
             if (prev == NIL)
                 g.sess[s].subs = g.subs[si].sess_next;
             else
@@ -4677,7 +5297,7 @@ sub_remove(uint32_t s, const uint8_t *f, size_t n)
             sub_unlink(si);
             node_prune(nd);
             g.changes++;
-            jr_sub(MQX_JR_UNSUB, s, 0, f, n);
+            jr_sub(MQX_JR_UNSUB, s, 0, f, n, 0);
             return 1;
         }
     return 0;
@@ -4702,6 +5322,7 @@ sess_free(uint32_t s)
     qe_free_list(x->q_head);
     qe_free_list(x->f_head);
     qe_free_list(x->r_head);
+    msg_unref(x->will);
     while (*pp != s)
         pp = &g.sess[*pp].hash_next;
     *pp = x->hash_next;
@@ -4746,7 +5367,7 @@ sess_enqueue(uint32_t si, uint32_t m, uint8_t qos, uint8_t retain)
                    "Client " ID_FMT " disconnected: outgoing queue full "
                    "(%u messages).",
                    n, id, s->q_count);
-            conn_close(c, CF_WILL | CF_QUIET);
+            conn_disconnect(c, MQX_RC_QUOTA, "outgoing queue full");
         }
         return;
     }
@@ -4758,17 +5379,19 @@ sess_enqueue(uint32_t si, uint32_t m, uint8_t qos, uint8_t retain)
 }
 
 /* Delivers a message to every matching session and updates the retained
- * store. The message must have refs 0 on entry; it is freed if nobody took
- * it. */
-static void
-route(uint32_t m)
+ * store; `from` is the publishing session (No Local), NIL for the broker's
+ * own. The message must have refs 0 on entry; it is freed if nobody took
+ * it. Returns the number of deliveries queued (PUBACK 0x10 when 0). */
+static uint32_t
+route(uint32_t m, uint32_t from)
 {
     struct msg *x = &g.msgs[m];
-    uint32_t i;
+    uint32_t i, n = 0;
 
     msg_ref(m); /* held while routing */
     if (x->retain)
         ret_set(x->payload_len ? m : NIL, msg_topic(x), x->topic_len);
+    g.route_from = from;
     tree_route(msg_topic(x), x->topic_len);
     for (i = 0; i < g.n_match; i++) {
         uint32_t s = g.match[i];
@@ -4776,9 +5399,100 @@ route(uint32_t m)
             g.sess[s].match_qos < x->qos ? g.sess[s].match_qos : x->qos;
         if (!acl_allows(s, msg_topic(x), x->topic_len, MQX_ACL_READ))
             continue; /* a wide subscription delivers only what it may read */
-        sess_enqueue(s, m, qos, 0); /* [MQTT-3.3.1-9] retain flag 0 */
+        /* [MQTT-3.3.1-9] retain flag 0, unless Retain As Published */
+        sess_enqueue(s, m, qos,
+                     g.sess[s].match_rap && x->retain ? QF_RETAIN : 0);
+        n++;
+    }
+    for (i = 0; i < g.n_spick; i++) {
+        const struct sub *sb = &g.subs[g.spick[i]];
+        uint8_t f = QF_SHARED;
+        if ((sb->opts & SO_RAP) && x->retain) f |= QF_RETAIN;
+        sess_enqueue(sb->sess, m, sb->qos < x->qos ? sb->qos : x->qos, f);
+        n++;
     }
     msg_unref(m);
+    return n;
+}
+
+/* Publishes a will. Its Message Expiry Interval counts from now
+ * [MQTT-3.1.3.2.4]: until then msg.expire holds the interval itself. */
+static void
+will_publish(uint32_t m)
+{
+    struct msg *x = &g.msgs[m];
+
+    if (x->expire) x->expire += (uint32_t)time(NULL);
+    (void)route(m, NIL);
+}
+
+/* When an offline session ends (0: never): a 5.0 session by its Session
+ * Expiry Interval (0xFFFFFFFF: never, but persistent_client_expiration
+ * still applies), a 3.1.1 one by persistent_client_expiration. */
+static int64_t
+sess_expiry_ms(const struct sess *s)
+{
+    if (s->proto == 5 && s->expiry != UINT32_MAX)
+        return g.now + (int64_t)s->expiry * 1000 + (s->expiry ? 0 : 1);
+    return g.cfg.persistent_client_expiration
+               ? g.now + g.cfg.persistent_client_expiration * 1000
+               : 0;
+}
+
+/* Another member of a shared subscription's group for a message the
+ * member `from` will not receive: online first, then round robin. */
+static uint32_t
+share_other(uint32_t from)
+{
+    const struct sub *f = &g.subs[from];
+    const uint8_t *name = st_ptr(f->share);
+    uint32_t si, best = NIL;
+
+    for (si = g.nodes[f->node].subs; si != NIL; si = g.subs[si].node_next) {
+        const struct sub *sb = &g.subs[si];
+        const struct sess *s = &g.sess[sb->sess];
+        if (sb->sess == f->sess ||
+            !sub_same_share(sb, f->share, f->share_len, name))
+            continue;
+        if (s->conn == NIL || g.conns[s->conn].state != CONN_ONLINE) continue;
+        if (best == NIL || sb->last < g.subs[best].last) best = si;
+    }
+    return best;
+}
+
+/* A member of shared subscriptions leaves with its session: what it was
+ * given through them and has not acknowledged (queued, or sent without a
+ * PUBACK/PUBREC) goes to another online member of the group, so the group
+ * still gets each QoS 1/2 message at least once. (MQTT 5.0 [MQTT-4.8.2-5]
+ * would drop them; see README.) */
+static void
+share_redeliver(uint32_t si)
+{
+    struct sess *s = &g.sess[si];
+    uint32_t *lists[2] = {&s->q_head, &s->f_head}, l;
+
+    for (l = 0; l < 2; l++) {
+        uint32_t q;
+        for (q = *lists[l]; q != NIL; q = g.qents[q].next) {
+            struct qent *e = &g.qents[q];
+            const struct msg *m;
+            uint32_t sb, to = NIL;
+            if (!(e->retain & QF_SHARED) || e->msg == NIL || e->qos == 0 ||
+                e->state == QE_PUBCOMP)
+                continue;
+            m = &g.msgs[e->msg];
+            for (sb = s->subs; sb != NIL && to == NIL;
+                 sb = g.subs[sb].sess_next)
+                if (g.subs[sb].share != NIL &&
+                    node_matches(g.subs[sb].node, msg_topic(m), m->topic_len))
+                    to = share_other(sb);
+            if (to == NIL) continue;
+            g.subs[to].last = ++g.share_seq;
+            sess_enqueue(g.subs[to].sess, e->msg,
+                         g.subs[to].qos < e->qos ? g.subs[to].qos : e->qos,
+                         QF_SHARED);
+        }
+    }
 }
 
 /* Publishes a message made by the broker itself ($SYS, wills are routed by
@@ -4794,7 +5508,7 @@ route_new(const char *topic, const uint8_t *payload, size_t pl, uint8_t qos,
         g.pub_dropped++;
         return;
     }
-    route(m);
+    (void)route(m, NIL);
 }
 
 /* Queues the retained messages matching a new subscription: at filter
@@ -4820,11 +5534,11 @@ ret_deliver(uint32_t s, uint32_t nd, uint8_t qos)
 {
     uint32_t m = g.nodes[nd].retained;
 
-    if (m == NIL) return;
+    if (m == NIL || msg_expired(&g.msgs[m])) return;
     if (!acl_allows(s, msg_topic(&g.msgs[m]), g.msgs[m].topic_len,
                     MQX_ACL_READ))
         return;
-    sess_enqueue(s, m, g.msgs[m].qos < qos ? g.msgs[m].qos : qos, 1);
+    sess_enqueue(s, m, g.msgs[m].qos < qos ? g.msgs[m].qos : qos, QF_RETAIN);
 }
 
 static void
@@ -5070,6 +5784,28 @@ tls_file_err(const char *path, int rc, char *buf, size_t cap)
     return tls_strerror(rc, buf, cap);
 }
 
+/* A file option must name a regular file: mbedTLS would take a folder's
+ * size as 2^63 and fail with "memory allocation failed". */
+static int
+tls_regular(struct cfg *c, const struct listener *l, int line, const char *what,
+            const char *path)
+{
+    struct stat st;
+
+    if (stat(path, &st) != 0) {
+        cfg_err(c, l->file, line, "%s %s: %s", what, path, strerror(errno));
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        cfg_err(c, l->file, line, "%s %s: not a regular file%s", what, path,
+                S_ISDIR(st.st_mode) && strcmp(what, "cafile") == 0
+                    ? " (use capath for a folder)"
+                    : "");
+        return -1;
+    }
+    return 0;
+}
+
 /* A suite name as mbedTLS spells it: IANA's underscores become dashes,
  * and TLS 1.3 names get mbedTLS's "TLS1-3-" prefix. 0: unknown. */
 static int
@@ -5156,6 +5892,13 @@ tls_load_lsn(struct cfg *c, uint32_t li)
     mbedtls_x509_crt_init(&t->ca);
     mbedtls_x509_crl_init(&t->crl);
     mbedtls_pk_init(&t->key);
+    if (tls_regular(c, l, l->line_certfile, "certfile", l->certfile) ||
+        tls_regular(c, l, l->line_keyfile, "keyfile", l->keyfile) ||
+        (l->cafile[0] &&
+         tls_regular(c, l, l->line_cafile, "cafile", l->cafile)) ||
+        (l->crlfile[0] &&
+         tls_regular(c, l, l->line_crlfile, "crlfile", l->crlfile)))
+        return -1;
     rc = mbedtls_x509_crt_parse_file(&t->cert, l->certfile);
     if (rc) {
         cfg_err(c, l->file, l->line_certfile, "certfile %s: %s", l->certfile,
@@ -5881,7 +6624,7 @@ store_sess_rec(struct sw *w, uint32_t si, unsigned type)
         s->conn == NIL && s->expire_ms ? (s->expire_ms - g.now) / 1000 + 1 : 0;
     uint32_t expire = left > 0 ? (uint32_t)(time(NULL) + left) : 0;
 
-    sw_begin(w, type, (size_t)16 + s->id_len + ul);
+    sw_begin(w, type, (size_t)16 + s->id_len + ul + (s->proto == 5 ? 4 : 0));
     sw_u32(w, si);
     sw_u16(w, s->next_pid);
     sw_u8(w, s->lsn);
@@ -5889,6 +6632,55 @@ store_sess_rec(struct sw *w, uint32_t si, unsigned type)
     sw_u32(w, expire);
     sw_str(w, st_ptr(s->id), s->id_len);
     sw_str(w, s->user == NIL ? NULL : st_ptr(s->user), ul);
+    if (s->proto == 5) sw_u32(w, s->expiry); /* 5.0: its expiry interval */
+    sw_end(w);
+}
+
+/* A message record: id, QoS, retain (bit 1: 5.0 fields follow the topic:
+ * expiry time, properties), topic, payload. */
+static void
+store_msg_rec(struct sw *w, unsigned type, uint32_t i)
+{
+    const struct msg *m = &g.msgs[i];
+    int v5 = m->props_len || m->expire;
+
+    sw_begin(w, type,
+             4 + 1 + 1 + 2 + (size_t)m->topic_len + m->payload_len +
+                 (v5 ? 8 + (size_t)m->props_len : 0));
+    sw_u32(w, i);
+    sw_u8(w, m->qos);
+    sw_u8(w, (unsigned)(m->retain | (v5 ? 2 : 0)));
+    sw_str(w, msg_topic(m), m->topic_len);
+    if (v5) {
+        sw_u32(w, m->expire);
+        sw_u32(w, m->props_len);
+        sw_put(w, msg_props(m), m->props_len);
+    }
+    sw_put(w, msg_payload(m), m->payload_len);
+    sw_end(w);
+}
+
+/* A subscription record: session, QoS | options << 2, the filter ("$share/
+ * GROUP/" in front for a shared one), and its 5.0 identifier if any. */
+static void
+store_sub_rec(struct sw *w, unsigned type, uint32_t si, uint32_t sb)
+{
+    const struct sub *x = &g.subs[sb];
+    uint32_t path[MQX_MAX_TOPIC_LEVELS];
+    size_t fl, pre = x->share != NIL ? 8 + (size_t)x->share_len : 0;
+    unsigned d = store_node_path(x->node, path, &fl);
+
+    sw_begin(w, type, 4 + 1 + 2 + pre + fl + (x->sub_id ? 4 : 0));
+    sw_u32(w, si);
+    sw_u8(w, (unsigned)(x->qos | x->opts << 2));
+    sw_u16(w, (unsigned)(pre + fl));
+    if (pre) {
+        sw_put(w, "$share/", 7);
+        sw_put(w, st_ptr(x->share), x->share_len);
+        sw_put(w, "/", 1);
+    }
+    store_put_path(w, path, d);
+    if (x->sub_id) sw_u32(w, x->sub_id);
     sw_end(w);
 }
 
@@ -5898,20 +6690,11 @@ static void
 store_put_sess(struct sw *w, uint32_t si)
 {
     const struct sess *s = &g.sess[si];
-    uint32_t path[MQX_MAX_TOPIC_LEVELS], q, sb;
-    size_t fl;
-    unsigned d;
+    uint32_t q, sb;
 
     store_sess_rec(w, si, MQX_SR_SESS);
-    for (sb = s->subs; sb != NIL; sb = g.subs[sb].sess_next) {
-        d = store_node_path(g.subs[sb].node, path, &fl);
-        sw_begin(w, MQX_SR_SUB, 4 + 1 + 2 + fl);
-        sw_u32(w, si);
-        sw_u8(w, g.subs[sb].qos);
-        sw_u16(w, (unsigned)fl);
-        store_put_path(w, path, d);
-        sw_end(w);
-    }
+    for (sb = s->subs; sb != NIL; sb = g.subs[sb].sess_next)
+        store_sub_rec(w, MQX_SR_SUB, si, sb);
     for (q = s->q_head; q != NIL; q = g.qents[q].next) {
         sw_begin(w, MQX_SR_QUEUE, 10);
         sw_u32(w, si);
@@ -5967,18 +6750,10 @@ jr_marked(uint32_t m)
 static void
 jr_msg(uint32_t m)
 {
-    const struct msg *x = &g.msgs[m];
-    struct sw *w;
-
     if (!g.journal || jr_marked(m)) return;
     g.jmark[m / 8] = (uint8_t)(g.jmark[m / 8] | 1u << (m % 8));
-    w = jr_begin(MQX_JR_MSG, (size_t)8 + x->topic_len + (size_t)x->payload_len);
-    sw_u32(w, m);
-    sw_u8(w, x->qos);
-    sw_u8(w, x->retain);
-    sw_str(w, st_ptr(x->data), x->topic_len);
-    sw_put(w, st_ptr(x->data) + x->topic_len, x->payload_len);
-    jr_done();
+    store_msg_rec(&g.jw, MQX_JR_MSG, m);
+    g.jr_records++;
 }
 
 static void
@@ -6015,15 +6790,17 @@ jr_retain(uint32_t m, const uint8_t *t, size_t n)
 }
 
 static void
-jr_sub(unsigned type, uint32_t sid, uint8_t qos, const uint8_t *f, size_t n)
+jr_sub(unsigned type, uint32_t sid, uint8_t qos, const uint8_t *f, size_t n,
+       uint32_t sub_id)
 {
     struct sw *w;
 
     if (!g.journal || g.sess[sid].clean) return;
-    w = jr_begin(type, (type == MQX_JR_SUB ? 7 : 6) + n);
+    w = jr_begin(type, (type == MQX_JR_SUB ? 7 : 6) + n + (sub_id ? 4 : 0));
     sw_u32(w, sid);
     if (type == MQX_JR_SUB) sw_u8(w, qos);
     sw_str(w, f, n);
+    if (sub_id) sw_u32(w, sub_id);
     jr_done();
 }
 
@@ -6149,18 +6926,8 @@ store_save(void)
         for (q = g.sess[i].f_head; q != NIL; q = g.qents[q].next)
             store_mark(g.qents[q].msg);
     }
-    for (i = 0; i < g.p_msg.cap; i++) {
-        const struct msg *m = &g.msgs[i];
-        if (!store_marked(i)) continue;
-        sw_begin(&w, MQX_SR_MSG,
-                 4 + 1 + 1 + 2 + (size_t)m->topic_len + m->payload_len);
-        sw_u32(&w, i);
-        sw_u8(&w, m->qos);
-        sw_u8(&w, m->retain);
-        sw_str(&w, msg_topic(m), m->topic_len);
-        sw_put(&w, msg_payload(m), m->payload_len);
-        sw_end(&w);
-    }
+    for (i = 0; i < g.p_msg.cap; i++)
+        if (store_marked(i)) store_msg_rec(&w, MQX_SR_MSG, i);
     for (i = 0; i < g.p_node.cap; i++)
         if (pool_used(&g.p_node, i) && g.nodes[i].retained != NIL) {
             sw_begin(&w, MQX_SR_RETAIN, 4);
@@ -6285,11 +7052,21 @@ store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
         /* fall through */
     case MQX_SR_MSG: {
         uint8_t qos = rd_u8(&r), retain = rd_u8(&r);
-        struct mqx_str t = rd_str(&r);
-        if (r.bad || qos > 2 || t.len == 0) return "bad message record";
+        struct mqx_str t = rd_str(&r), pr = {NULL, 0};
+        uint32_t expire = 0;
+        if (retain & 2) { /* 5.0: expiry time and properties */
+            expire = rd_u32(&r);
+            pr.len = rd_u32(&r);
+            pr.p = r.p;
+            if (rd_left(&r) < pr.len) r.bad = 1;
+            if (!r.bad) r.p += pr.len;
+        }
+        if (r.bad || qos > 2 || retain > 3 || t.len == 0)
+            return "bad message record";
         if (id >= ld->n_mid) return "unknown message";
         if (ld->mid[id] != NIL) return "a message id twice";
-        ld->mid[id] = msg_new(t.p, t.len, r.p, rd_left(&r), qos, retain);
+        ld->mid[id] = msg_new5(t.p, t.len, pr.p, pr.len, r.p, rd_left(&r), qos,
+                               retain & 1, expire);
         if (ld->mid[id] == NIL)
             return "more messages than message_store_bytes holds";
         msg_ref(ld->mid[id]); /* held until the end of the load */
@@ -6308,6 +7085,9 @@ store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
         uint8_t lsn = rd_u8(&r), has_user = rd_u8(&r);
         uint32_t expire = rd_u32(&r), now = (uint32_t)time(NULL);
         struct mqx_str cid = rd_str(&r), user = rd_str(&r);
+        uint32_t interval = 0;
+        int v5 = rd_left(&r) >= 4;
+        if (v5) interval = rd_u32(&r);
         if (r.bad || (x != NIL && rec->type == MQX_SR_SESS))
             return "bad session record";
         if (expire && now >= expire) return NULL; /* expired while down */
@@ -6319,7 +7099,8 @@ store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
         }
         s = &g.sess[x];
         s->clean = 0;
-        s->proto = 4;
+        s->proto = v5 ? 5 : 4;
+        s->expiry = interval;
         s->next_pid = pid ? pid : 1;
         s->lsn = lsn < g.cfg.n_lsn ? lsn : 0;
         if (s->user != NIL) {
@@ -6333,6 +7114,7 @@ store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
             s->user_len = (uint16_t)user.len;
         }
         s->expire_ms = expire ? g.now + (int64_t)(expire - now) * 1000
+                       : v5   ? sess_expiry_ms(s)
                        : g.cfg.persistent_client_expiration
                            ? g.now + g.cfg.persistent_client_expiration * 1000
                            : 0;
@@ -6403,10 +7185,12 @@ store_apply(struct store_ld *ld, const struct mqx_store_rec *rec, int count)
     case MQX_JR_SUB: {
         uint8_t qos = rd_u8(&r);
         struct mqx_str f = rd_str(&r);
-        uint32_t nd;
-        if (r.bad || qos > 2 || !mqx_filter_valid(f.p, f.len))
+        uint32_t nd, sub_id = rd_left(&r) >= 4 ? rd_u32(&r) : 0;
+        int existed;
+        if (r.bad || (qos & 3) > 2 || !mqx_filter_valid(f.p, f.len))
             return "bad subscription record";
-        if (sub_add(x, f.p, f.len, qos, &nd) == 0x80)
+        if (sub_add(x, f.p, f.len, qos & 3, (uint8_t)(qos >> 2), sub_id, &nd,
+                    &existed) == 0x80)
             return "more subscriptions or topic levels than configured";
         return NULL;
     }
@@ -6780,17 +7564,57 @@ conn_throttle(struct conn *c)
     g.throttled = 1;
 }
 
-/* Queues a 4-byte acknowledgement; closes the connection when it can't. */
+/* Queues an acknowledgement, with a 5.0 reason code (and its reason
+ * string when the client wants problem information); closes the
+ * connection when it can't. */
 static void
-conn_ack(struct conn *c, uint8_t type, uint16_t pid)
+conn_ack5(struct conn *c, uint8_t type, uint16_t pid, uint8_t reason,
+          const char *why)
 {
-    uint8_t *p = conn_out(c, 4);
+    size_t wl = why && c->problem ? strlen(why) : 0;
+    uint8_t *p = conn_out(c, c->proto == 5 ? 8 + wl : 4);
 
     if (!p) {
         conn_oom(c, "an acknowledgement");
         return;
     }
-    mqx_mqtt_enc_ack(p, type, pid);
+    if (c->proto == 5)
+        c->tx_len -= (uint32_t)(8 + wl -
+                                mqx_mqtt_enc_ack5(p, type, pid, reason,
+                                                  wl ? why : NULL));
+    else
+        mqx_mqtt_enc_ack(p, type, pid);
+}
+
+static void
+conn_ack(struct conn *c, uint8_t type, uint16_t pid)
+{
+    conn_ack5(c, type, pid, 0, NULL);
+}
+
+/* Ends a connection from the broker's side: a 5.0 client first gets a
+ * DISCONNECT with the reason [MQTT-3.14.2.1]; the will is published. */
+static void
+conn_disconnect(struct conn *c, uint8_t reason, const char *why)
+{
+    if (c->proto == 5 && c->state == CONN_ONLINE) {
+        size_t wl = why && c->problem ? strlen(why) : 0;
+        uint8_t *p = conn_out(c, 8 + wl);
+        if (p) {
+            size_t pl = wl ? 3 + wl : 0, i;
+            p[0] = MQX_DISCONNECT << 4;
+            i = 1 + mqx_mqtt_enc_rl(p + 1, (uint32_t)(1 + (pl ? 1 + pl : 0)));
+            p[i++] = reason;
+            if (pl) {
+                p[i++] = (uint8_t)pl;
+                i += wr_prop_str(p + i, MQX_P_REASON, why, wl);
+            }
+            c->tx_len -= (uint32_t)(8 + wl - i);
+        }
+        conn_close(c, CF_WILL | CF_QUIET | CF_FLUSHCLOSE);
+        return;
+    }
+    conn_close(c, CF_WILL | CF_QUIET);
 }
 
 /* Writes pending output; 0 when all or part was written or the socket is
@@ -6843,17 +7667,117 @@ sess_next_pid(struct sess *s)
     }
 }
 
+/* The alias of a topic given to this client earlier, or 0. */
+static uint16_t
+alias_out_find(const struct conn *c, const uint8_t *t, size_t n)
+{
+    uint16_t i;
+
+    for (i = 0; i < c->n_alias_out; i++) {
+        const uint8_t *b = st_ptr(c->alias_out[i]);
+        if ((size_t)(b[0] << 8 | b[1]) == n && memcmp(b + 2, t, n) == 0)
+            return (uint16_t)(i + 1);
+    }
+    return 0;
+}
+
+/* Gives the next alias to topic t (after the PUBLISH that carries both is
+ * queued); 0 when none is left or the store is full. */
+static uint16_t
+alias_out_add(struct conn *c, const uint8_t *t, size_t n)
+{
+    uint8_t *b;
+
+    if (c->n_alias_out >= c->alias_out_max) return 0;
+    if (!c->alias_out) {
+        c->alias_out = (uint32_t *)(void *)st_alloc((size_t)c->alias_out_max *
+                                                    sizeof(uint32_t));
+        if (!c->alias_out) return 0;
+    }
+    b = st_alloc(2 + n);
+    if (!b) return 0;
+    wr_u16(b, (uint16_t)n);
+    memcpy(b + 2, t, n);
+    c->alias_out[c->n_alias_out++] = ST_UNIT(b);
+    return c->n_alias_out;
+}
+
+/* A 5.0 PUBLISH to this client: the message's properties, the remaining
+ * expiry, the identifiers of the subscriptions it matches, a topic alias
+ * within the client's Topic Alias Maximum. 1 when the packet would pass
+ * the client's Maximum Packet Size: it is not sent [MQTT-3.1.2-25]. */
+static int
+conn_put_publish5(struct conn *c, const struct qent *e, uint8_t dup)
+{
+    const struct msg *m = &g.msgs[e->msg];
+    const struct sess *s = &g.sess[c->sess];
+    uint8_t pre[5 + 4 + 5 * 16], *p;
+    size_t pl = 0, n, tl = m->topic_len;
+    uint16_t alias = 0, fresh = 0;
+    uint32_t si;
+    int ids = 0;
+
+    if (c->alias_out_max) {
+        alias = alias_out_find(c, msg_topic(m), m->topic_len);
+        if (alias)
+            tl = 0; /* the client knows it */
+        else if (c->n_alias_out < c->alias_out_max)
+            fresh = (uint16_t)(c->n_alias_out + 1);
+        if (alias || fresh) {
+            pre[pl++] = MQX_P_ALIAS;
+            wr_u16(pre + pl, alias ? alias : fresh);
+            pl += 2;
+        }
+    }
+    if (m->expire) { /* [MQTT-3.3.2-6] the time left */
+        uint32_t now = (uint32_t)time(NULL);
+        uint32_t left = m->expire > now ? m->expire - now : 1;
+        pre[pl++] = MQX_P_MESSAGE_EXPIRY;
+        pre[pl++] = (uint8_t)(left >> 24);
+        pre[pl++] = (uint8_t)(left >> 16);
+        pre[pl++] = (uint8_t)(left >> 8);
+        pre[pl++] = (uint8_t)left;
+    }
+    for (si = s->subs; si != NIL && ids < 16; si = g.subs[si].sess_next) {
+        const struct sub *sb = &g.subs[si];
+        if (!sb->sub_id || (sb->share != NIL) != !!(e->retain & QF_SHARED))
+            continue;
+        if (!node_matches(sb->node, msg_topic(m), m->topic_len)) continue;
+        pre[pl++] = MQX_P_SUB_ID; /* [MQTT-3.3.4-3] one per subscription */
+        pl += mqx_enc_varint(pre + pl, sb->sub_id);
+        ids++;
+    }
+    n = mqx_mqtt_publish5_size(tl, m->payload_len, e->qos, pl + m->props_len);
+    if (c->max_out && n > c->max_out) return 1;
+    p = conn_out(c, n);
+    if (!p) return -1;
+    mqx_mqtt_enc_publish5(p, msg_topic(m), tl, msg_payload(m), m->payload_len,
+                          e->qos, (e->retain & QF_RETAIN) != 0, dup, e->pid,
+                          pre, pl, msg_props(m), m->props_len);
+    if (fresh && alias_out_add(c, msg_topic(m), m->topic_len) != fresh) {
+        /* no room to remember it: the alias we sent must not be used
+         * again for another topic, so stop giving aliases */
+        c->alias_out_max = c->n_alias_out;
+    }
+    g.msgs_tx++;
+    return 0;
+}
+
 /* Encodes one delivery; 0, or -1 when the output block can't grow. */
 static int
 conn_put_publish(struct conn *c, const struct qent *e, uint8_t dup)
 {
     const struct msg *m = &g.msgs[e->msg];
-    size_t n = mqx_mqtt_publish_size(m->topic_len, m->payload_len, e->qos);
-    uint8_t *p = conn_out(c, n);
+    uint8_t retain = (e->retain & QF_RETAIN) != 0;
+    size_t n;
+    uint8_t *p;
 
+    if (c->proto == 5) return conn_put_publish5(c, e, dup);
+    n = mqx_mqtt_publish_size(m->topic_len, m->payload_len, e->qos);
+    p = conn_out(c, n);
     if (!p) return -1;
     mqx_mqtt_enc_publish(p, msg_topic(m), m->topic_len, msg_payload(m),
-                         m->payload_len, e->qos, e->retain, dup, e->pid);
+                         m->payload_len, e->qos, retain, dup, e->pid);
     g.msgs_tx++;
     return 0;
 }
@@ -6866,39 +7790,52 @@ conn_fill(struct conn *c)
 {
     struct sess *s;
     int64_t window = g.cfg.max_inflight_messages;
-    int has_acl;
+    int has_acl, rc;
+    uint32_t r;
+    int64_t before = 0;
 
     if (c->state != CONN_ONLINE || c->sess == NIL) return;
+    if (c->recv_max && (window == 0 || c->recv_max < window))
+        window = c->recv_max; /* [MQTT-3.3.4-9] the client's Receive Max */
     s = &g.sess[c->sess];
     has_acl = auth_db(s->lsn)->has_acl;
-    while (c->resend != NIL && c->tx_len < MQX_TX_BATCH) {
+    if (c->resend != NIL && window > 0) /* resent, not yet acknowledged */
+        for (r = s->f_head; r != NIL && r != c->resend; r = g.qents[r].next)
+            before++;
+    while (c->resend != NIL && c->tx_len < MQX_TX_BATCH &&
+           (window == 0 || before < window)) {
         struct qent *e = &g.qents[c->resend];
         if (e->state == QE_PUBCOMP) {
             uint8_t *p = conn_out(c, 4);
             if (!p) break;
             mqx_mqtt_enc_ack(p, MQX_PUBREL, e->pid);
-        } else if (conn_put_publish(c, e, 1)) { /* [MQTT-4.4.0-1] DUP */
+        } else if (conn_put_publish(c, e, 1) < 0) { /* [MQTT-4.4.0-1] DUP */
             break;
         }
         c->resend = e->next;
+        before++;
     }
     if (c->resend != NIL) goto out;
     while (s->q_head != NIL && c->tx_len - c->tx_off < MQX_TX_BATCH) {
         uint32_t q = s->q_head;
         struct qent *e = &g.qents[q];
         if (e->qos > 0 && window > 0 && s->f_count >= (uint64_t)window) break;
-        if (has_acl && !acl_allows(c->sess, msg_topic(&g.msgs[e->msg]),
-                                   g.msgs[e->msg].topic_len, MQX_ACL_READ)) {
+        if ((has_acl && !acl_allows(c->sess, msg_topic(&g.msgs[e->msg]),
+                                    g.msgs[e->msg].topic_len, MQX_ACL_READ)) ||
+            msg_expired(&g.msgs[e->msg])) {
             /* queued for a user who may read it; the session was resumed
-             * by one who may not (client ids are not owned by users) */
+             * by one who may not (client ids are not owned by users); or
+             * its 5.0 Message Expiry Interval ran out [MQTT-3.3.2-5] */
             jr_sid(MQX_JR_POP, c->sess);
             qe_free(sess_pop(s));
             continue;
         }
         if (e->qos > 0) e->pid = sess_next_pid(s);
-        if (conn_put_publish(c, e, 0)) break;
+        rc = conn_put_publish(c, e, 0);
+        if (rc < 0) break;
         sess_pop(s);
-        if (e->qos == 0) {
+        if (e->qos == 0 || rc > 0) { /* rc 1: too large for the client */
+            if (rc > 0) sess_dropped(s);
             jr_sid(MQX_JR_POP, c->sess);
             qe_free(q);
             continue;
@@ -6908,11 +7845,31 @@ conn_fill(struct conn *c)
         sess_append(s, q, 1);
     }
 out:
-    if (!c->tx &&
-        (c->resend != NIL ||
-         (s->q_head != NIL && (window == 0 || s->f_count < (uint64_t)window))))
+    if (!c->tx && ((c->resend != NIL && (window == 0 || before < window)) ||
+                   (c->resend == NIL && s->q_head != NIL &&
+                    (window == 0 || s->f_count < (uint64_t)window))))
         conn_oom(c,
                  "output"); /* nothing pending and still no room: store full */
+}
+
+/* Forgets the topic aliases of a 5.0 connection, both ways. */
+static void
+alias_free(struct conn *c)
+{
+    uint32_t i;
+
+    if (c->alias_in) {
+        for (i = 0; i < (uint32_t)g.cfg.max_topic_alias; i++)
+            if (c->alias_in[i] != NIL) st_free(st_ptr(c->alias_in[i]));
+        st_free((uint8_t *)c->alias_in);
+    }
+    if (c->alias_out) {
+        for (i = 0; i < c->n_alias_out; i++)
+            st_free(st_ptr(c->alias_out[i]));
+        st_free((uint8_t *)c->alias_out);
+    }
+    c->alias_in = c->alias_out = NULL;
+    c->n_alias_out = 0;
 }
 
 /* Frees a slot: the only place that closes client sockets. */
@@ -6922,20 +7879,31 @@ conn_reap(struct conn *c)
     struct pollfd *pf = conn_pfd(c);
     uint32_t ci = conn_idx(c);
 
-    if ((c->flags & CF_WILL) && c->will != NIL) route(c->will);
-    if (c->will != NIL) msg_unref(c->will);
-    c->will = NIL;
-    if (c->sess != NIL && g.sess[c->sess].conn == ci) {
-        struct sess *s = &g.sess[c->sess];
-        s->conn = NIL;
-        if (s->clean)
-            sess_free(c->sess);
-        else
-            s->expire_ms =
-                g.cfg.persistent_client_expiration
-                    ? g.now + g.cfg.persistent_client_expiration * 1000
-                    : 0;
+    int mine = c->sess != NIL && g.sess[c->sess].conn == ci;
+    struct sess *s = mine ? &g.sess[c->sess] : NULL;
+
+    if ((c->flags & CF_WILL) && c->will != NIL) {
+        if (c->will_delay && s && !s->clean) { /* [MQTT-3.1.3-9] */
+            msg_unref(s->will);
+            s->will = c->will; /* its reference moves to the session */
+            s->will_ms = g.now + (int64_t)c->will_delay * 1000;
+            c->will = NIL;
+        } else {
+            will_publish(c->will);
+        }
     }
+    msg_unref(c->will);
+    c->will = NIL;
+    if (s) {
+        s->conn = NIL;
+        if (s->clean) {
+            share_redeliver(c->sess);
+            sess_free(c->sess);
+        } else {
+            s->expire_ms = sess_expiry_ms(s);
+        }
+    }
+    alias_free(c);
     if (c->tx && c->tx_off < c->tx_len && (c->flags & CF_FLUSHCLOSE))
         (void)conn_send(c, c->tx + c->tx_off, c->tx_len - c->tx_off);
     tls_close(c);
@@ -7138,28 +8106,122 @@ conn_pp_cn(const struct conn *c)
 
 /* ==== [14] Protocol handlers, one per packet type ==== */
 /* Each takes a framed packet of a connection and acts on [9] and [13].
- * They copy what they keep: the packet's bytes die after the call. */
+ * They copy what they keep: the packet's bytes die after the call. MQTT 5
+ * adds properties, reason codes and the broker's DISCONNECT. */
+
+static void handle_violation(struct conn *c, uint8_t reason, const char *why);
+static void handle_connack(struct conn *c, uint8_t present, uint8_t rc,
+                           const struct mqx_str *assigned, const char *why);
+static uint8_t pb_ack_type(uint8_t flags);
+static int handle_alias(struct conn *c, struct mqx_publish *pb);
 
 static void
 handle_protocol_error(struct conn *c)
+{
+    handle_violation(c, MQX_RC_MALFORMED, "malformed packet");
+}
+
+/* A decoder's refusal: MQX_PROTO is a 5.0 protocol error (0x82), the
+ * rest malformed packets (0x81) [MQTT-4.13]. */
+static void
+handle_bad(struct conn *c, enum mqx_rc rc)
+{
+    if (rc == MQX_PROTO)
+        handle_violation(c, MQX_RC_PROTOCOL, "protocol error");
+    else
+        handle_protocol_error(c);
+}
+
+/* A 5.0 client that breaks the rules gets DISCONNECT with the reason
+ * [MQTT-4.13]; a 3.1.1 one is closed. */
+static void
+handle_violation(struct conn *c, uint8_t reason, const char *why)
 {
     int n;
     const char *id = conn_id(c, &n);
 
     if (g.cfg.connection_messages)
         log_at(LOG_T_NOTICE,
-               "Client " ID_FMT " disconnected due to protocol error.", n, id);
-    conn_close(c, CF_WILL | CF_QUIET);
+               "Client " ID_FMT " disconnected due to protocol error%s%s.", n,
+               id, c->proto == 5 ? ": " : "", c->proto == 5 ? why : "");
+    conn_disconnect(c, reason, why);
 }
 
 /* Refuses a CONNECT with a CONNACK code, then closes. */
 static void
 handle_refuse(struct conn *c, uint8_t rc)
 {
-    uint8_t *p = conn_out(c, 4);
+    static const uint8_t v5[] = {0,
+                                 MQX_RC_UNSUPPORTED_VERSION,
+                                 MQX_RC_ID_INVALID,
+                                 MQX_RC_UNAVAILABLE,
+                                 MQX_RC_BAD_AUTH,
+                                 MQX_RC_NOT_AUTHORIZED};
 
-    if (p) mqx_mqtt_enc_connack(p, 0, rc);
+    if (c->proto == 5 && rc < sizeof v5) rc = v5[rc];
+    handle_connack(c, 0, rc, NULL, NULL);
     conn_close(c, CF_QUIET | CF_FLUSHCLOSE);
+}
+
+/* CONNACK: 3.1.1's four bytes, or 5.0's with the broker's limits as
+ * properties [MQTT-3.2.2.3] on success, and a reason string on refusal
+ * when the client wants problem information. */
+static void
+handle_connack(struct conn *c, uint8_t present, uint8_t rc,
+               const struct mqx_str *assigned, const char *why)
+{
+    uint8_t pr[64 + 2 * 256], *p;
+    size_t n = 0, wl = why && c->problem ? strlen(why) : 0, i;
+    const struct cfg *k = &g.cfg;
+
+    if (c->proto != 5) {
+        p = conn_out(c, 4);
+        if (p) mqx_mqtt_enc_connack(p, present, rc);
+        return;
+    }
+    if (rc == MQX_RC_SUCCESS) {
+        if (k->max_inflight_messages && k->max_inflight_messages < 65535) {
+            pr[n++] = MQX_P_RECEIVE_MAX;
+            wr_u16(pr + n, (uint16_t)k->max_inflight_messages);
+            n += 2;
+        }
+        pr[n++] = MQX_P_MAX_PACKET;
+        pr[n++] = (uint8_t)(k->max_packet_size >> 24);
+        pr[n++] = (uint8_t)(k->max_packet_size >> 16);
+        pr[n++] = (uint8_t)(k->max_packet_size >> 8);
+        pr[n++] = (uint8_t)k->max_packet_size;
+        if (k->max_topic_alias) {
+            pr[n++] = MQX_P_ALIAS_MAX;
+            wr_u16(pr + n, (uint16_t)k->max_topic_alias);
+            n += 2;
+        }
+        if (!k->retain_available) {
+            pr[n++] = MQX_P_RETAIN_AVAILABLE;
+            pr[n++] = 0;
+        }
+        if (!k->shared_subscriptions) {
+            pr[n++] = MQX_P_SHARED_AVAILABLE;
+            pr[n++] = 0;
+        }
+        if (c->keepalive_set) { /* [MQTT-3.2.2-21] */
+            pr[n++] = MQX_P_SERVER_KEEPALIVE;
+            wr_u16(pr + n, c->keepalive);
+            n += 2;
+        }
+        if (assigned && assigned->len < 200)
+            n += wr_prop_str(pr + n, MQX_P_ASSIGNED_ID, assigned->p,
+                             assigned->len);
+    }
+    if (wl && wl < 200) n += wr_prop_str(pr + n, MQX_P_REASON, why, wl);
+    i = 2 + mqx_varint_size((uint32_t)n) + n; /* flags, code, properties */
+    p = conn_out(c, 1 + mqx_mqtt_rl_size((uint32_t)i) + i);
+    if (!p) return;
+    p[0] = MQX_CONNACK << 4;
+    p += 1 + mqx_mqtt_enc_rl(p + 1, (uint32_t)i);
+    p[0] = present & 1;
+    p[1] = rc;
+    p += 2 + mqx_enc_varint(p + 2, (uint32_t)n);
+    memcpy(p, pr, n);
 }
 
 /* A client id for a client that sent none [MQTT-3.1.3-6]. */
@@ -7256,31 +8318,56 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
     size_t id_len;
     uint32_t s, will = NIL, ci = conn_idx(c);
     uint8_t rc, present = 0;
-    uint8_t *p;
+    struct mqx_str assigned = {NULL, 0};
 
     if (c->state != CONN_NEW) { /* [MQTT-3.1.0-2] second CONNECT */
-        handle_protocol_error(c);
+        handle_violation(c, MQX_RC_PROTOCOL, "second CONNECT");
         return;
     }
     if (mqx_mqtt_connect(pk->body, pk->len, &ck) != MQX_DONE) {
+        if (ck.level == 5) c->proto = 5;
         if (ck.connack) {
             if (g.cfg.connection_messages)
                 log_at(LOG_T_NOTICE, "Client <unknown> from %s refused: %s.",
                        c->addr,
                        ck.connack == MQX_CONNACK_PROTOCOL
                            ? "unsupported protocol version"
-                           : "identifier rejected");
+                       : ck.connack == MQX_CONNACK_ID ? "identifier rejected"
+                                                      : "malformed CONNECT");
             handle_refuse(c, ck.connack);
         } else {
             handle_protocol_error(c);
         }
         return;
     }
+    c->proto = ck.level;
+    c->problem = ck.level == 5 && (!(ck.props.has & PB(MQX_P_REQ_PROBLEM)) ||
+                                   ck.props.req_problem);
     id = ck.client_id.p;
     id_len = ck.client_id.len;
     if (id_len == 0) {
         id_len = handle_assign_id(idbuf, sizeof idbuf);
         id = (const uint8_t *)idbuf;
+        assigned.p = id; /* [MQTT-3.2.2-16] */
+        assigned.len = (uint32_t)id_len;
+    }
+    if (ck.level == 5 && (ck.props.has & PB(MQX_P_AUTH_METHOD))) {
+        if (g.cfg.connection_messages)
+            log_at(LOG_T_NOTICE,
+                   "Client %.*s from %s refused: authentication method "
+                   "'%.*s' (enhanced authentication is not supported).",
+                   (int)id_len, (const char *)id, c->addr,
+                   (int)ck.props.auth_method.len,
+                   (const char *)ck.props.auth_method.p);
+        handle_connack(c, 0, MQX_RC_BAD_AUTH_METHOD, NULL,
+                       "enhanced authentication is not supported");
+        conn_close(c, CF_QUIET | CF_FLUSHCLOSE);
+        return;
+    }
+    if (ck.level == 5 && (ck.keepalive > g.cfg.max_keepalive ||
+                          (ck.keepalive == 0 && g.cfg.max_keepalive < 65535))) {
+        ck.keepalive = (uint16_t)g.cfg.max_keepalive; /* Server Keep Alive */
+        c->keepalive_set = 1;
     }
     if (ck.keepalive > g.cfg.max_keepalive) {
         if (g.cfg.connection_messages)
@@ -7321,15 +8408,26 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
         handle_refuse(c, rc);
         return;
     }
+    if (ck.will && ck.will_retain && !g.cfg.retain_available && ck.level == 5) {
+        handle_connack(c, 0, MQX_RC_RETAIN_UNSUPPORTED, NULL,
+                       "retain is not available");
+        conn_close(c, CF_QUIET | CF_FLUSHCLOSE);
+        return;
+    }
     if (ck.will) {
-        will = msg_new(ck.will_topic.p, ck.will_topic.len, ck.will_payload.p,
-                       ck.will_payload.len, ck.will_qos, ck.will_retain);
+        const struct mqx_props *wp = &ck.will_props;
+        /* a will's expiry counts from its publication: the interval
+         * waits in msg.expire until will_publish() */
+        will = msg_new5(ck.will_topic.p, ck.will_topic.len, NULL, wp->fwd_len,
+                        ck.will_payload.p, ck.will_payload.len, ck.will_qos,
+                        ck.will_retain, wp->message_expiry);
         if (will == NIL) {
             log_at(LOG_T_WARN, "Client %.*s refused: message store full.",
                    (int)id_len, (const char *)id);
             handle_refuse(c, MQX_CONNACK_UNAVAIL);
             return;
         }
+        mqx_props_copy_fwd(wp, st_ptr(g.msgs[will].data) + ck.will_topic.len);
         msg_ref(will);
     }
     s = sess_find(id, id_len);
@@ -7341,9 +8439,14 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
                    (int)id_len, (const char *)id);
         old->sess = NIL;
         g.sess[s].conn = NIL;
-        conn_close(old, CF_WILL | CF_QUIET);
+        conn_disconnect(old, MQX_RC_TAKEN_OVER, "session taken over");
     }
-    if (s != NIL && ck.clean) { /* [MQTT-3.1.2-6] */
+    if (s != NIL && g.sess[s].will != NIL) { /* [MQTT-3.1.3-9] resumed in
+                                                time: no delayed will */
+        msg_unref(g.sess[s].will);
+        g.sess[s].will = NIL;
+    }
+    if (s != NIL && ck.clean) { /* [MQTT-3.1.2-6], Clean Start */
         sess_free(s);
         s = NIL;
     }
@@ -7366,42 +8469,60 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
     } else {
         present = 1; /* [MQTT-3.2.2-2] */
     }
-    p = handle_set_user(s, &ck, c->lsn) ? NULL : conn_out(c, 4);
-    if (!p) {
+    if (handle_set_user(s, &ck, c->lsn)) {
         msg_unref(will);
         if (!present) sess_free(s);
         conn_oom(c, "the CONNACK");
         return;
     }
-    mqx_mqtt_enc_connack(p, present, MQX_CONNACK_OK);
+    c->keepalive = ck.keepalive;
+    handle_connack(c, present, MQX_CONNACK_OK, assigned.p ? &assigned : NULL,
+                   NULL);
+    if (c->state == CONN_CLOSING) { /* no room for the CONNACK */
+        msg_unref(will);
+        if (!present) sess_free(s);
+        return;
+    }
     g.sess[s].conn = ci;
-    if (!ck.clean || !g.sess[s].clean) g.changes++;
-    g.sess[s].clean = ck.clean;
+    if (ck.level == 5) { /* [MQTT-3.1.2-23] */
+        uint32_t ex = ck.props.session_expiry;
+        if (!ck.clean || ex || !g.sess[s].clean) g.changes++;
+        g.sess[s].clean = ex == 0;
+        g.sess[s].expiry = ex;
+        c->recv_max = ck.props.receive_max;
+        c->max_out = ck.props.max_packet;
+        c->alias_out_max = ck.props.alias_max < g.cfg.max_topic_alias
+                               ? ck.props.alias_max
+                               : (uint16_t)g.cfg.max_topic_alias;
+        c->will_delay = ck.will ? ck.will_props.will_delay : 0;
+    } else {
+        if (!ck.clean || !g.sess[s].clean) g.changes++;
+        g.sess[s].clean = ck.clean;
+    }
     g.sess[s].proto = ck.level;
     g.sess[s].expire_ms = 0;
     jr_sess(s);
     c->sess = s;
     c->will = will;
-    c->proto = ck.level;
-    c->keepalive = ck.keepalive;
     c->state = CONN_ONLINE;
     c->resend = g.sess[s].f_head;
-    c->deadline_ms = ck.keepalive ? g.now + (int64_t)ck.keepalive * 1500 : 0;
+    c->deadline_ms = c->keepalive ? g.now + (int64_t)c->keepalive * 1500 : 0;
     g.n_online++;
     if (g.n_online > g.peak_online) g.peak_online = g.n_online;
     if (g.cfg.connection_messages) {
+        int pv = ck.level == 5 ? 5 : ck.level == 4 ? 2 : 1;
         if (ck.has_user)
             log_at(LOG_T_NOTICE,
                    "New client connected from %s as %.*s (p%d, c%d, k%u, "
                    "u'%.*s').",
-                   c->addr, (int)id_len, (const char *)id,
-                   ck.level == 4 ? 2 : 1, ck.clean, ck.keepalive,
-                   (int)ck.username.len, (const char *)ck.username.p);
+                   c->addr, (int)id_len, (const char *)id, pv, ck.clean,
+                   c->keepalive, (int)ck.username.len,
+                   (const char *)ck.username.p);
         else
             log_at(LOG_T_NOTICE,
                    "New client connected from %s as %.*s (p%d, c%d, k%u).",
-                   c->addr, (int)id_len, (const char *)id,
-                   ck.level == 4 ? 2 : 1, ck.clean, ck.keepalive);
+                   c->addr, (int)id_len, (const char *)id, pv, ck.clean,
+                   c->keepalive);
     }
 }
 
@@ -7412,15 +8533,23 @@ handle_publish(struct conn *c, const struct mqx_packet *pk)
 {
     struct mqx_publish pb;
     struct sess *s = &g.sess[c->sess];
-    uint32_t m;
+    uint8_t ack = pb_ack_type(pk->flags);
+    uint32_t m, n;
+    enum mqx_rc drc =
+        mqx_mqtt_publish(pk->flags, pk->body, pk->len, c->proto, &pb);
 
-    if (mqx_mqtt_publish(pk->flags, pk->body, pk->len, c->proto, &pb) !=
-        MQX_DONE) {
-        handle_protocol_error(c);
+    if (drc != MQX_DONE) {
+        handle_bad(c, drc);
+        return 0;
+    }
+    if (c->proto == 5 && handle_alias(c, &pb)) return 0;
+    if (pb.props.has & PB(MQX_P_SUB_ID)) { /* [MQTT-3.3.4-6] */
+        handle_violation(c, MQX_RC_PROTOCOL, "subscription identifier");
         return 0;
     }
     if (pb.retain && !g.cfg.retain_available) {
-        handle_protocol_error(c);
+        handle_violation(c, MQX_RC_RETAIN_UNSUPPORTED,
+                         "retain is not available");
         return 0;
     }
     g.msgs_rx++;
@@ -7428,36 +8557,52 @@ handle_publish(struct conn *c, const struct mqx_packet *pk)
         conn_ack(c, MQX_PUBREC, pb.pid); /* [MQTT-4.3.3-2] not again */
         return 0;
     }
+    if (pb.qos == 2 && c->proto == 5 && g.cfg.max_inflight_messages &&
+        s->r_count >= (uint64_t)g.cfg.max_inflight_messages) {
+        handle_violation(c, MQX_RC_RECEIVE_MAX, /* [MQTT-3.3.4-8] */
+                         "receive maximum exceeded");
+        return 0;
+    }
     if (g.cfg.message_size_limit &&
         pb.payload.len > (uint64_t)g.cfg.message_size_limit) {
         static int64_t last;
         static uint32_t quiet;
         int64_t k = log_limit(&last, &quiet);
-        int n;
-        const char *id = conn_id(c, &n);
+        int nl;
+        const char *id = conn_id(c, &nl);
         if (k >= 0)
             log_at(LOG_T_NOTICE,
                    "Dropped too large PUBLISH from " ID_FMT
                    " (%u bytes > message_size_limit).",
-                   n, id, pb.payload.len);
+                   nl, id, pb.payload.len);
         g.pub_dropped++;
-        if (pb.qos == 1) conn_ack(c, MQX_PUBACK, pb.pid);
-        if (pb.qos == 2) conn_ack(c, MQX_PUBREC, pb.pid);
+        if (ack) conn_ack5(c, ack, pb.pid, MQX_RC_QUOTA, "message_size_limit");
+        return 0;
+    }
+    if (pb.props.payload_format &&
+        !mqx_utf8_valid(pb.payload.p, pb.payload.len)) { /* [MQTT-3.3.2-4] */
+        g.pub_dropped++;
+        if (ack)
+            conn_ack5(c, ack, pb.pid, MQX_RC_PAYLOAD_FORMAT,
+                      "payload is not UTF-8");
         return 0;
     }
     if (!acl_allows(c->sess, pb.topic.p, pb.topic.len, MQX_ACL_WRITE)) {
-        int n;
-        const char *id = conn_id(c, &n);
+        int nl;
+        const char *id = conn_id(c, &nl);
         log_at(LOG_T_DEBUG, "Denied PUBLISH from " ID_FMT " (q%d, r%d, '%.*s')",
-               n, id, pb.qos, pb.retain, (int)pb.topic.len,
+               nl, id, pb.qos, pb.retain, (int)pb.topic.len,
                (const char *)pb.topic.p);
         /* 3.1.1 has no refusal: acknowledged and dropped, as Mosquitto */
-        if (pb.qos == 1) conn_ack(c, MQX_PUBACK, pb.pid);
-        if (pb.qos == 2) conn_ack(c, MQX_PUBREC, pb.pid);
+        if (ack)
+            conn_ack5(c, ack, pb.pid, MQX_RC_NOT_AUTHORIZED, "not authorized");
         return 0;
     }
-    m = msg_new(pb.topic.p, pb.topic.len, pb.payload.p, pb.payload.len, pb.qos,
-                pb.retain);
+    m = msg_new5(pb.topic.p, pb.topic.len, NULL, pb.props.fwd_len, pb.payload.p,
+                 pb.payload.len, pb.qos, pb.retain,
+                 pb.props.message_expiry
+                     ? (uint32_t)time(NULL) + pb.props.message_expiry
+                     : 0);
     if (m == NIL) {
         if (pb.qos == 0) { /* policy: QoS 0 dropped and counted */
             g.pub_dropped++;
@@ -7467,6 +8612,8 @@ handle_publish(struct conn *c, const struct mqx_packet *pk)
         conn_throttle(c); /* QoS 1/2: kept unread until the store drains */
         return 1;
     }
+    if (pb.props.fwd_len)
+        mqx_props_copy_fwd(&pb.props, st_ptr(g.msgs[m].data) + pb.topic.len);
     if (pb.qos == 2) {
         uint32_t q = qe_new(NIL, 2, QE_RECEIVED);
         if (q == NIL) {
@@ -7480,11 +8627,68 @@ handle_publish(struct conn *c, const struct mqx_packet *pk)
         s->r_count++;
         jr_pid(MQX_JR_RCVD, c->sess, pb.pid);
     }
-    route(m);
-    if (pb.qos == 1) conn_ack(c, MQX_PUBACK, pb.pid);
-    if (pb.qos == 2) conn_ack(c, MQX_PUBREC, pb.pid);
+    n = route(m, c->sess);
+    if (ack) /* 5.0: 0x10 when nobody subscribes [MQTT-3.4.2.1] */
+        conn_ack5(c, ack, pb.pid, n ? 0 : MQX_RC_NO_SUBSCRIBERS, NULL);
     /* policy: near the messages' limit, stop reading publishers */
     if (g.st.used > g.st.size / 16 * 13) conn_throttle(c);
+    return 0;
+}
+
+/* The acknowledgement a PUBLISH gets from its flags: PUBACK, PUBREC or
+ * none (QoS 0). */
+static uint8_t
+pb_ack_type(uint8_t flags)
+{
+    unsigned q = (flags >> 1) & 3;
+
+    return q == 1 ? MQX_PUBACK : q == 2 ? MQX_PUBREC : 0;
+}
+
+/* 5.0 Topic Alias from the client [MQTT-3.3.2.3.4]: sets the alias when
+ * the PUBLISH has a topic, resolves it when the topic is empty. 1 when
+ * the connection was closed (0x94 or the store is full). */
+static int
+handle_alias(struct conn *c, struct mqx_publish *pb)
+{
+    uint16_t a = pb->props.alias;
+    uint8_t *b;
+
+    if (!(pb->props.has & PB(MQX_P_ALIAS))) return 0;
+    if (a == 0 || a > g.cfg.max_topic_alias) {
+        handle_violation(c, MQX_RC_ALIAS_INVALID, "topic alias invalid");
+        return 1;
+    }
+    if (!c->alias_in) {
+        uint32_t i;
+        c->alias_in = (uint32_t *)(void *)st_alloc(
+            (size_t)g.cfg.max_topic_alias * sizeof(uint32_t));
+        if (!c->alias_in) {
+            conn_oom(c, "topic aliases");
+            return 1;
+        }
+        for (i = 0; i < (uint32_t)g.cfg.max_topic_alias; i++)
+            c->alias_in[i] = NIL;
+    }
+    if (pb->topic.len == 0) {
+        if (c->alias_in[a - 1] == NIL) {
+            handle_violation(c, MQX_RC_ALIAS_INVALID, "topic alias not set");
+            return 1;
+        }
+        b = st_ptr(c->alias_in[a - 1]);
+        pb->topic.p = b + 2;
+        pb->topic.len = (uint32_t)(b[0] << 8 | b[1]);
+        return 0;
+    }
+    b = st_alloc(2 + pb->topic.len);
+    if (!b) {
+        conn_oom(c, "a topic alias");
+        return 1;
+    }
+    wr_u16(b, (uint16_t)pb->topic.len);
+    memcpy(b + 2, pb->topic.p, pb->topic.len);
+    if (c->alias_in[a - 1] != NIL) st_free(st_ptr(c->alias_in[a - 1]));
+    c->alias_in[a - 1] = ST_UNIT(b);
     return 0;
 }
 
@@ -7496,12 +8700,23 @@ handle_subscribe(struct conn *c, const struct mqx_packet *pk)
     size_t off = 0, i = 0, rl;
     uint8_t opts, *p;
     uint32_t s = c->sess;
+    int v5 = c->proto == 5;
+    enum mqx_rc drc = mqx_mqtt_subscribe(pk, c->proto, &sb);
 
-    if (mqx_mqtt_subscribe(pk, c->proto, &sb) != MQX_DONE) {
-        handle_protocol_error(c);
+    if (drc != MQX_DONE) {
+        handle_bad(c, drc);
         return;
     }
-    rl = 2 + sb.count;
+    while (mqx_mqtt_sub_next(&sb, &off, &f, &opts)) { /* [MQTT-3.8.3-4] */
+        struct mqx_str grp, flt;
+        if ((opts & 4) && share_split(f.p, f.len, &grp, &flt) == 1) {
+            handle_violation(c, MQX_RC_PROTOCOL,
+                             "no local on a shared subscription");
+            return;
+        }
+    }
+    off = 0;
+    rl = 2 + (v5 ? 1u : 0u) + sb.count;
     p = conn_out(c, 1 + mqx_mqtt_rl_size((uint32_t)rl) + rl);
     if (!p) {
         conn_oom(c, "the SUBACK");
@@ -7511,17 +8726,35 @@ handle_subscribe(struct conn *c, const struct mqx_packet *pk)
     p += 1 + mqx_mqtt_enc_rl(p + 1, (uint32_t)rl);
     wr_u16(p, sb.pid);
     p += 2;
+    if (v5) *p++ = 0; /* no properties */
     while (mqx_mqtt_sub_next(&sb, &off, &f, &opts)) {
         uint32_t nd = NIL;
-        uint8_t granted = acl_allows(s, f.p, f.len, MQX_ACL_READ)
-                              ? sub_add(s, f.p, f.len, opts & 3, &nd)
-                              : 0x80; /* not authorised */
-        int n;
-        const char *id = conn_id(c, &n);
+        struct mqx_str grp = {NULL, 0}, flt;
+        int sh = share_split(f.p, f.len, &grp, &flt), existed = 0, nl;
+        uint8_t granted, o = (uint8_t)((opts >> 2 & 1 ? SO_NO_LOCAL : 0) |
+                                       (opts >> 3 & 1 ? SO_RAP : 0) |
+                                       ((opts >> 4 & 3) == 1   ? SO_RH_NEW
+                                        : (opts >> 4 & 3) == 2 ? SO_RH_NEVER
+                                                               : 0));
+        const char *id = conn_id(c, &nl);
+        if (sh < 0 || (sh == 0 && !mqx_filter_valid(f.p, f.len)))
+            granted = MQX_RC_FILTER_INVALID; /* only 5.0 gets this far */
+        else if (sh == 1 && !g.cfg.shared_subscriptions)
+            granted = v5 ? MQX_RC_SHARED_UNSUPPORTED : 0x80;
+        else if (!acl_allows(s, flt.p, flt.len, MQX_ACL_READ))
+            granted = v5 ? MQX_RC_NOT_AUTHORIZED : 0x80;
+        else {
+            granted = sub_add(s, f.p, f.len, opts & 3, o, sb.props.sub_id, &nd,
+                              &existed);
+            if (granted == 0x80 && v5) granted = MQX_RC_QUOTA;
+        }
         p[i++] = granted;
-        log_at(LOG_T_SUB, ID_FMT " %d %.*s", n, id, granted, (int)f.len,
+        log_at(LOG_T_SUB, ID_FMT " %d %.*s", nl, id, granted, (int)f.len,
                (const char *)f.p);
-        if (granted != 0x80) ret_match(s, 0, f.p, f.len, 0, granted);
+        /* retained messages [MQTT-3.3.1-9..11]: not for a shared one */
+        if (granted <= 2 && sh == 0 && !(o & SO_RH_NEVER) &&
+            !((o & SO_RH_NEW) && existed))
+            ret_match(s, 0, f.p, f.len, 0, granted);
     }
 }
 
@@ -7530,21 +8763,43 @@ handle_unsubscribe(struct conn *c, const struct mqx_packet *pk)
 {
     struct mqx_subscribe sb;
     struct mqx_str f;
-    size_t off = 0;
-    uint8_t opts;
+    size_t off = 0, i = 0, rl;
+    uint8_t opts, *p = NULL;
+    int v5 = c->proto == 5;
+    enum mqx_rc drc = mqx_mqtt_subscribe(pk, c->proto, &sb);
 
-    if (mqx_mqtt_subscribe(pk, c->proto, &sb) != MQX_DONE) {
-        handle_protocol_error(c);
+    if (drc != MQX_DONE) {
+        handle_bad(c, drc);
         return;
     }
+    if (v5) { /* UNSUBACK with a reason code per filter [MQTT-3.11.3] */
+        rl = 2 + 1 + sb.count;
+        p = conn_out(c, 1 + mqx_mqtt_rl_size((uint32_t)rl) + rl);
+        if (!p) {
+            conn_oom(c, "the UNSUBACK");
+            return;
+        }
+        p[0] = MQX_UNSUBACK << 4;
+        p += 1 + mqx_mqtt_enc_rl(p + 1, (uint32_t)rl);
+        wr_u16(p, sb.pid);
+        p[2] = 0;
+        p += 3;
+    }
     while (mqx_mqtt_sub_next(&sb, &off, &f, &opts)) {
-        int n;
+        int n, had;
+        struct mqx_str grp, flt;
         const char *id = conn_id(c, &n);
-        sub_remove(c->sess, f.p, f.len);
+        int sh = share_split(f.p, f.len, &grp, &flt);
+        if (sh < 0 || (sh == 0 && !mqx_filter_valid(f.p, f.len))) {
+            if (p) p[i++] = MQX_RC_FILTER_INVALID;
+            continue;
+        }
+        had = sub_remove(c->sess, f.p, f.len);
+        if (p) p[i++] = had ? MQX_RC_SUCCESS : MQX_RC_NO_SUBSCRIPTION;
         log_at(LOG_T_UNSUB, ID_FMT " %.*s", n, id, (int)f.len,
                (const char *)f.p);
     }
-    conn_ack(c, MQX_UNSUBACK, sb.pid);
+    if (!v5) conn_ack(c, MQX_UNSUBACK, sb.pid);
 }
 
 /* PUBACK, PUBREC, PUBREL, PUBCOMP. */
@@ -7552,13 +8807,15 @@ static void
 handle_ack(struct conn *c, const struct mqx_packet *pk)
 {
     struct sess *s = &g.sess[c->sess];
+    struct mqx_ack a;
     uint16_t pid;
     uint32_t q;
 
-    if (mqx_mqtt_ack(pk, &pid) != MQX_DONE) {
+    if (mqx_mqtt_ack(pk, c->proto, &a) != MQX_DONE) {
         handle_protocol_error(c);
         return;
     }
+    pid = a.pid;
     switch (pk->type) {
     case MQX_PUBACK:
         q = qe_unlink(&s->f_head, &s->f_tail, pid, QE_PUBACK);
@@ -7568,13 +8825,19 @@ handle_ack(struct conn *c, const struct mqx_packet *pk)
         break;
     case MQX_PUBREC:
         q = qe_find(s->f_head, pid);
+        if (q != NIL && g.qents[q].state == QE_PUBREC && a.reason >= 0x80) {
+            /* 5.0: the client refused it; the flow ends [MQTT-4.3.3] */
+            q = qe_unlink(&s->f_head, &s->f_tail, pid, QE_PUBREC);
+            break;
+        }
         if (q != NIL && g.qents[q].state == QE_PUBREC) {
             jr_pid(MQX_JR_REC, c->sess, pid);
             g.qents[q].state = QE_PUBCOMP; /* the payload is delivered */
             msg_unref(g.qents[q].msg);
             g.qents[q].msg = NIL;
         }
-        conn_ack(c, MQX_PUBREL, pid); /* [MQTT-4.3.3-1] */
+        conn_ack5(c, MQX_PUBREL, pid, /* [MQTT-4.3.3-1] */
+                  q == NIL ? MQX_RC_PID_NOT_FOUND : 0, NULL);
         return;
     default: /* PUBREL */
         q = qe_unlink(&s->r_head, NULL, pid, QE_RECEIVED);
@@ -7583,7 +8846,8 @@ handle_ack(struct conn *c, const struct mqx_packet *pk)
             s->r_count--;
             qe_free(q);
         }
-        conn_ack(c, MQX_PUBCOMP, pid); /* [MQTT-4.3.3-3] */
+        conn_ack5(c, MQX_PUBCOMP, pid, /* [MQTT-4.3.3-3] */
+                  q == NIL ? MQX_RC_PID_NOT_FOUND : 0, NULL);
         return;
     }
     if (q == NIL) return; /* unknown id: ignore */
@@ -7593,6 +8857,45 @@ handle_ack(struct conn *c, const struct mqx_packet *pk)
     s->f_count--;
     qe_free(q);
     conn_dirty(c); /* the window opened */
+}
+
+/* DISCONNECT from the client: no will, unless a 5.0 client asks for it
+ * (0x04); a 5.0 client may change its Session Expiry Interval, but not
+ * from 0 [MQTT-3.14.2-2]. */
+static void
+handle_disconnect(struct conn *c, const struct mqx_packet *pk)
+{
+    struct mqx_ack a;
+    struct sess *s = &g.sess[c->sess];
+    int n;
+    const char *id = conn_id(c, &n);
+
+    if (mqx_mqtt_disconnect(pk, c->proto, &a) != MQX_DONE) {
+        handle_protocol_error(c);
+        return;
+    }
+    if (a.props.has & PB(MQX_P_SERVER_REF)) {
+        handle_violation(c, MQX_RC_PROTOCOL, "server reference");
+        return;
+    }
+    if (a.props.has & PB(MQX_P_SESSION_EXPIRY)) {
+        if (s->expiry == 0 && a.props.session_expiry != 0) {
+            handle_violation(c, MQX_RC_PROTOCOL,
+                             "session expiry changed from 0");
+            return;
+        }
+        s->expiry = a.props.session_expiry;
+        if (s->clean != (s->expiry == 0)) {
+            if (s->expiry == 0) jr_sid(MQX_JR_SESS_DEL, c->sess);
+            s->clean = s->expiry == 0;
+        }
+        jr_sess(c->sess);
+    }
+    if (g.cfg.connection_messages)
+        log_at(LOG_T_NOTICE, "Client " ID_FMT " disconnected.", n, id);
+    /* [MQTT-3.14.4-3] no will, but 0x04 asks for it */
+    conn_close(c, a.reason == MQX_RC_DISCONNECT_WILL ? CF_WILL | CF_QUIET
+                                                     : CF_QUIET);
 }
 
 /* Returns 1 when the packet must be parsed again later (store full). */
@@ -7640,15 +8943,7 @@ handle_packet(struct conn *c, const struct mqx_packet *pk)
         }
         break;
     case MQX_DISCONNECT:
-        if (pk->flags || pk->len) { /* [MQTT-3.14.1-1] */
-            handle_protocol_error(c);
-        } else {
-            int n;
-            const char *id = conn_id(c, &n);
-            if (g.cfg.connection_messages)
-                log_at(LOG_T_NOTICE, "Client " ID_FMT " disconnected.", n, id);
-            conn_close(c, CF_QUIET); /* [MQTT-3.14.4-3] no will */
-        }
+        handle_disconnect(c, pk);
         break;
     default:
         handle_protocol_error(c);
@@ -7767,7 +9062,7 @@ loop_parse(struct conn *c, const uint8_t *buf, size_t len)
                        "Client " ID_FMT " from %s disconnected: packet larger "
                        "than max_packet_size (%lld).",
                        n, id, c->addr, (long long)g.cfg.max_packet_size);
-            conn_close(c, CF_WILL | CF_QUIET);
+            conn_disconnect(c, MQX_RC_TOO_LARGE, "packet too large");
             break;
         }
         if (rc == MQX_BAD) {
@@ -8223,23 +9518,32 @@ loop_expire(void)
                        "disconnecting.",
                        n, id);
         }
-        conn_close(c, CF_WILL | CF_QUIET);
+        if (c->state == CONN_ONLINE)
+            conn_disconnect(c, MQX_RC_KEEPALIVE_TIMEOUT, "keep alive timeout");
+        else
+            conn_close(c, CF_WILL | CF_QUIET);
     }
-    if (g.cfg.persistent_client_expiration)
-        for (i = 0; i < g.p_sess.cap; i++) {
-            struct sess *s = &g.sess[i];
-            if (!pool_used(&g.p_sess, i) || s->conn != NIL || !s->expire_ms)
-                continue;
-            if (g.now >= s->expire_ms) {
-                int n;
-                const char *id = sess_id(i, &n);
-                log_at(LOG_T_NOTICE,
-                       "Expiring client " ID_FMT
-                       " due to timeout (persistent_client_expiration).",
-                       n, id);
-                sess_free(i);
-            }
+    for (i = 0; i < g.p_sess.cap; i++) {
+        struct sess *s = &g.sess[i];
+        if (!pool_used(&g.p_sess, i) || s->conn != NIL) continue;
+        if (s->will != NIL &&
+            (g.now >= s->will_ms || (s->expire_ms && g.now >= s->expire_ms))) {
+            uint32_t w = s->will; /* [MQTT-3.1.3-9] delay over, or the
+                                     session ends first */
+            s->will = NIL;
+            will_publish(w);
+            msg_unref(w);
         }
+        if (s->expire_ms && g.now >= s->expire_ms) {
+            int n;
+            const char *id = sess_id(i, &n);
+            log_at(LOG_T_NOTICE, "Expiring client " ID_FMT " due to timeout%s.",
+                   n, id,
+                   s->proto == 5 ? " (session expiry interval)"
+                                 : " (persistent_client_expiration)");
+            sess_free(i);
+        }
+    }
 }
 
 static void
@@ -8738,6 +10042,7 @@ arena_plan(int take, char *line, size_t cap)
     PLAN(MQX_MAX_LSOCKS + conns, sizeof(struct pollfd)); /* hot poll */
     PLAN(sess, sizeof(struct sess) + 8);
     PLAN(sess, sizeof(uint32_t)); /* match list */
+    PLAN(subs, sizeof(uint32_t)); /* shared picks */
     PLAN(subs, sizeof(struct sub) + 8);
     PLAN(nodes, sizeof(struct node) + 8);
     PLAN(msgs, sizeof(struct msg) + 8);
@@ -8791,6 +10096,7 @@ arena_plan(int take, char *line, size_t cap)
     pool_init(&g.p_sess, "sessions", g.sess, sizeof(struct sess),
               (uint32_t)sess);
     g.match = arena_take((size_t)sess * sizeof(uint32_t));
+    g.spick = arena_take((size_t)subs * sizeof(uint32_t));
     g.subs = arena_take((size_t)subs * sizeof(struct sub));
     pool_init(&g.p_sub, "subscriptions", g.subs, sizeof(struct sub),
               (uint32_t)subs);
@@ -9197,6 +10503,13 @@ main(int argc, char **argv)
     }
     loop_run();
     g.now = now_ms();
+    for (li = 0; li < g.conn_hwm; li++) { /* [MQTT-3.14.2.1] 0x8B */
+        struct conn *c = &g.conns[li];
+        static const uint8_t bye[] = {MQX_DISCONNECT << 4, 1,
+                                      MQX_RC_SHUTTING_DOWN};
+        if (c->state == CONN_ONLINE && c->proto == 5 && !c->tx)
+            (void)conn_send(c, bye, sizeof bye);
+    }
     if (g.cfg.persistence) store_save(); /* a clean stop loses nothing */
     log_at(LOG_T_NOTICE, "mqttpx version %s terminating", MQX_VERSION);
     for (li = 0; li < g.cfg.n_lsn; li++)

@@ -11,10 +11,11 @@
 
 /* Result of every pure parser. */
 enum mqx_rc {
-    MQX_DONE = 0, /* one item decoded; *used bytes consumed */
-    MQX_MORE = 1, /* a valid prefix: call again with more bytes */
-    MQX_BAD = -1, /* can never become valid: close the connection */
-    MQX_BIG = -2, /* well formed but over a configured limit */
+    MQX_DONE = 0,   /* one item decoded; *used bytes consumed */
+    MQX_MORE = 1,   /* a valid prefix: call again with more bytes */
+    MQX_BAD = -1,   /* can never become valid: close the connection */
+    MQX_BIG = -2,   /* well formed but over a configured limit */
+    MQX_PROTO = -3, /* well formed, but MQTT 5 forbids it: 0x82, not 0x81 */
 };
 
 /* A slice into the caller's buffer: not NUL-terminated. */
@@ -212,6 +213,97 @@ enum mqx_ptype {
     MQX_PINGREQ = 12,
     MQX_PINGRESP = 13,
     MQX_DISCONNECT = 14,
+    MQX_AUTH = 15, /* MQTT 5 */
+};
+
+/* MQTT 5 reason codes the broker sends [MQTT-2.4] */
+enum mqx_reason {
+    MQX_RC_SUCCESS = 0x00,
+    MQX_RC_DISCONNECT_WILL = 0x04, /* from the client: send the will */
+    MQX_RC_NO_SUBSCRIBERS = 0x10,
+    MQX_RC_NO_SUBSCRIPTION = 0x11,
+    MQX_RC_UNSPECIFIED = 0x80,
+    MQX_RC_MALFORMED = 0x81,
+    MQX_RC_PROTOCOL = 0x82,
+    MQX_RC_UNSUPPORTED_VERSION = 0x84,
+    MQX_RC_ID_INVALID = 0x85,
+    MQX_RC_BAD_AUTH = 0x86,
+    MQX_RC_NOT_AUTHORIZED = 0x87,
+    MQX_RC_UNAVAILABLE = 0x88,
+    MQX_RC_SHUTTING_DOWN = 0x8B,
+    MQX_RC_BAD_AUTH_METHOD = 0x8C,
+    MQX_RC_KEEPALIVE_TIMEOUT = 0x8D,
+    MQX_RC_TAKEN_OVER = 0x8E,
+    MQX_RC_FILTER_INVALID = 0x8F,
+    MQX_RC_TOPIC_INVALID = 0x90,
+    MQX_RC_PID_NOT_FOUND = 0x92,
+    MQX_RC_RECEIVE_MAX = 0x93,
+    MQX_RC_ALIAS_INVALID = 0x94,
+    MQX_RC_TOO_LARGE = 0x95,
+    MQX_RC_QUOTA = 0x97,
+    MQX_RC_PAYLOAD_FORMAT = 0x99,
+    MQX_RC_RETAIN_UNSUPPORTED = 0x9A,
+    MQX_RC_SHARED_UNSUPPORTED = 0x9E,
+};
+
+/* MQTT 5 property identifiers [MQTT-2.2.2.2] */
+enum mqx_prop_id {
+    MQX_P_PAYLOAD_FORMAT = 0x01,
+    MQX_P_MESSAGE_EXPIRY = 0x02,
+    MQX_P_CONTENT_TYPE = 0x03,
+    MQX_P_RESPONSE_TOPIC = 0x08,
+    MQX_P_CORRELATION = 0x09,
+    MQX_P_SUB_ID = 0x0B,
+    MQX_P_SESSION_EXPIRY = 0x11,
+    MQX_P_ASSIGNED_ID = 0x12,
+    MQX_P_SERVER_KEEPALIVE = 0x13,
+    MQX_P_AUTH_METHOD = 0x15,
+    MQX_P_AUTH_DATA = 0x16,
+    MQX_P_REQ_PROBLEM = 0x17,
+    MQX_P_WILL_DELAY = 0x18,
+    MQX_P_REQ_RESPONSE = 0x19,
+    MQX_P_RESPONSE_INFO = 0x1A,
+    MQX_P_SERVER_REF = 0x1C,
+    MQX_P_REASON = 0x1F,
+    MQX_P_RECEIVE_MAX = 0x21,
+    MQX_P_ALIAS_MAX = 0x22,
+    MQX_P_ALIAS = 0x23,
+    MQX_P_MAX_QOS = 0x24,
+    MQX_P_RETAIN_AVAILABLE = 0x25,
+    MQX_P_USER = 0x26,
+    MQX_P_MAX_PACKET = 0x27,
+    MQX_P_WILDCARD_AVAILABLE = 0x28,
+    MQX_P_SUB_ID_AVAILABLE = 0x29,
+    MQX_P_SHARED_AVAILABLE = 0x2A,
+};
+
+/* Where a property block stands: which properties it may hold. */
+enum mqx_prop_where {
+    MQX_PW_CONNECT,
+    MQX_PW_WILL,
+    MQX_PW_PUBLISH,
+    MQX_PW_ACK, /* PUBACK, PUBREC, PUBREL, PUBCOMP */
+    MQX_PW_SUBSCRIBE,
+    MQX_PW_UNSUBSCRIBE,
+    MQX_PW_DISCONNECT,
+    MQX_PW_AUTH,
+    MQX_PW_CONNACK,
+    MQX_PW_SUBACK,
+};
+
+/* A decoded MQTT 5 property block: a view into the packet. `has` has bit
+ * (1 << id) for each property present (ids are < 64). */
+struct mqx_props {
+    uint64_t has;
+    uint8_t payload_format, req_problem, req_response, max_qos;
+    uint16_t receive_max, alias_max, alias, server_keepalive;
+    uint32_t message_expiry, session_expiry, will_delay, max_packet, sub_id;
+    uint32_t n_user;  /* user properties, in order in raw */
+    uint32_t fwd_len; /* bytes mqx_props_copy_fwd() writes */
+    struct mqx_str content_type, response_topic, correlation, auth_method,
+        auth_data, reason;
+    const uint8_t *raw; /* the properties, after the length */
+    uint32_t raw_len;
 };
 
 /* CONNACK return codes of MQTT 3.1 and 3.1.1 */
@@ -233,10 +325,11 @@ struct mqx_packet {
 };
 
 struct mqx_connect {
-    uint8_t level; /* 3 (MQIsdp) or 4 */
+    uint8_t level; /* 3 (MQIsdp), 4 or 5 */
     uint8_t clean, will, will_qos, will_retain, has_user, has_pass;
     uint16_t keepalive;
     struct mqx_str client_id, will_topic, will_payload, username, password;
+    struct mqx_props props, will_props; /* level 5 */
     uint8_t connack; /* on MQX_BAD: CONNACK code to send first, 0 = none */
 };
 
@@ -244,6 +337,14 @@ struct mqx_publish {
     uint8_t qos, retain, dup;
     uint16_t pid;
     struct mqx_str topic, payload;
+    struct mqx_props props; /* level 5 */
+};
+
+/* PUBACK, PUBREC, PUBREL, PUBCOMP; DISCONNECT (no pid) */
+struct mqx_ack {
+    uint16_t pid;
+    uint8_t reason; /* 0 when absent */
+    struct mqx_props props;
 };
 
 /* SUBSCRIBE or UNSUBSCRIBE: validated, walked with mqx_mqtt_sub_next(). */
@@ -252,7 +353,8 @@ struct mqx_subscribe {
     uint32_t count;
     const uint8_t *list; /* the entries after the packet id */
     uint32_t list_len;
-    uint8_t with_opts; /* SUBSCRIBE: an options byte follows each filter */
+    uint8_t with_opts;      /* SUBSCRIBE: an options byte follows each filter */
+    struct mqx_props props; /* level 5 */
 };
 
 enum mqx_rc mqx_mqtt_header(const uint8_t *buf, size_t len, size_t *used,
@@ -266,12 +368,31 @@ enum mqx_rc mqx_mqtt_subscribe(const struct mqx_packet *pk, uint8_t level,
                                struct mqx_subscribe *s);
 int mqx_mqtt_sub_next(const struct mqx_subscribe *s, size_t *off,
                       struct mqx_str *filter, uint8_t *opts);
-enum mqx_rc mqx_mqtt_ack(const struct mqx_packet *pk, uint16_t *pid);
+enum mqx_rc mqx_mqtt_ack(const struct mqx_packet *pk, uint8_t level,
+                         struct mqx_ack *a);
+enum mqx_rc mqx_mqtt_disconnect(const struct mqx_packet *pk, uint8_t level,
+                                struct mqx_ack *a);
+enum mqx_rc mqx_props_decode(const uint8_t *p, size_t n, unsigned where,
+                             struct mqx_props *out);
+enum mqx_rc mqx_props_read(const uint8_t *b, size_t n, unsigned where,
+                           struct mqx_props *out, size_t *used);
+size_t mqx_props_copy_fwd(const struct mqx_props *pr, uint8_t *out);
+size_t mqx_varint_size(uint32_t v);
+size_t mqx_enc_varint(uint8_t *p, uint32_t v);
 size_t mqx_mqtt_rl_size(uint32_t rl);
 size_t mqx_mqtt_enc_rl(uint8_t *p, uint32_t rl);
 size_t mqx_mqtt_enc_connack(uint8_t *p, uint8_t session_present, uint8_t rc);
 size_t mqx_mqtt_enc_ack(uint8_t *p, uint8_t type, uint16_t pid);
+size_t mqx_mqtt_enc_ack5(uint8_t *p, uint8_t type, uint16_t pid, uint8_t reason,
+                         const char *why);
 size_t mqx_mqtt_publish_size(size_t topic_len, size_t payload_len, uint8_t qos);
+size_t mqx_mqtt_publish5_size(size_t topic_len, size_t payload_len, uint8_t qos,
+                              size_t props_len);
+size_t mqx_mqtt_enc_publish5(uint8_t *p, const uint8_t *topic, size_t topic_len,
+                             const uint8_t *payload, size_t payload_len,
+                             uint8_t qos, uint8_t retain, uint8_t dup,
+                             uint16_t pid, const uint8_t *pre, size_t pre_len,
+                             const uint8_t *fwd, size_t fwd_len);
 size_t mqx_mqtt_enc_publish(uint8_t *p, const uint8_t *topic, size_t topic_len,
                             const uint8_t *payload, size_t payload_len,
                             uint8_t qos, uint8_t retain, uint8_t dup,

@@ -2,7 +2,7 @@
  * The input is a byte stream as a client would send it: every packet is
  * framed with mqx_mqtt_frame() and its body given to every decoder
  * (mqx_mqtt_connect, _publish, _subscribe + _sub_next, _ack) at MQTT
- * levels 3 and 4. Asserts the decoders' promises (used <= size, slices
+ * levels 3, 4 and 5. Asserts the decoders' promises (used <= size, slices
  * inside the body, fields valid when DONE) and round trips: a decoded
  * PUBLISH re-encoded with mqx_mqtt_enc_publish() frames and decodes to the
  * same fields and the same bytes; a decoded CONNECT re-encoded here, and an
@@ -109,11 +109,21 @@ fz_connect(const struct mqx_packet *pk)
     assert(rc == MQX_DONE || rc == MQX_BAD);
     if (rc == MQX_BAD) {
         assert(c.connack == 0 || c.connack == MQX_CONNACK_PROTOCOL ||
-               c.connack == MQX_CONNACK_ID);
+               c.connack == MQX_CONNACK_ID ||
+               (c.level == 5 && (c.connack == MQX_RC_MALFORMED ||
+                                 c.connack == MQX_RC_PAYLOAD_FORMAT)));
         return;
     }
     assert(c.connack == 0);
-    assert(c.level == 3 || c.level == 4);
+    assert(c.level == 3 || c.level == 4 || c.level == 5);
+    if (c.level == 5) { /* properties inside the body, no round trip */
+        assert(c.props.raw >= pk->body &&
+               c.props.raw + c.props.raw_len <= pk->body + pk->len);
+        assert(c.props.fwd_len == 0); /* none travel from CONNECT */
+        if (c.will) assert(c.will_props.fwd_len <= c.will_props.raw_len);
+        if (c.will) assert(mqx_topic_valid(c.will_topic.p, c.will_topic.len));
+        return;
+    }
     assert(c.will_qos <= 2);
     assert(c.will || (c.will_qos == 0 && c.will_retain == 0));
     assert(!(c.level == 4 && c.has_pass && !c.has_user)); /* [MQTT-3.1.2-22] */
@@ -130,6 +140,47 @@ fz_connect(const struct mqx_packet *pk)
     fz_connect_roundtrip(&c);
 }
 
+/* A 5.0 PUBLISH: the forwarded properties decode alone; a round trip
+ * through the 5.0 encoder gives the same packet back. */
+static int
+fz_publish5(const struct mqx_packet *pk, const struct mqx_publish *p,
+            struct mqx_str *topic)
+{
+    struct mqx_publish q;
+    struct mqx_props x;
+    struct mqx_packet pk2;
+    uint8_t *fw, *e;
+    size_t size, n, used;
+
+    assert(p->topic.len ? mqx_topic_valid(p->topic.p, p->topic.len)
+                        : (p->props.has & ((uint64_t)1 << MQX_P_ALIAS)) != 0);
+    assert(p->props.fwd_len <= p->props.raw_len);
+    fw = malloc(p->props.fwd_len + 1);
+    assert(fw != NULL);
+    assert(mqx_props_copy_fwd(&p->props, fw) == p->props.fwd_len);
+    assert(mqx_props_decode(fw, p->props.fwd_len, MQX_PW_PUBLISH, &x) ==
+               MQX_DONE &&
+           x.fwd_len == p->props.fwd_len && x.n_user == p->props.n_user);
+    free(fw);
+    size = mqx_mqtt_publish5_size(p->topic.len, p->payload.len, p->qos,
+                                  p->props.raw_len);
+    e = malloc(size);
+    assert(e != NULL);
+    n = mqx_mqtt_enc_publish5(e, p->topic.p, p->topic.len, p->payload.p,
+                              p->payload.len, p->qos, p->retain, p->dup, p->pid,
+                              NULL, 0, p->props.raw, p->props.raw_len);
+    assert(n == size);
+    assert(mqx_mqtt_frame(e, n, (uint32_t)n, &pk2, &used) == MQX_DONE);
+    assert(mqx_mqtt_publish(pk2.flags, pk2.body, pk2.len, 5, &q) == MQX_DONE);
+    assert(q.qos == p->qos && q.pid == p->pid && q.props.has == p->props.has);
+    assert(fz_str_same(q.topic, p->topic) &&
+           fz_str_same(q.payload, p->payload));
+    (void)pk;
+    free(e);
+    if (p->topic.len) *topic = p->topic;
+    return p->topic.len != 0;
+}
+
 /* PUBLISH at one level; returns 1 (and the topic) when DONE. */
 static int
 fz_publish(const struct mqx_packet *pk, const uint8_t *raw, uint8_t level,
@@ -144,6 +195,7 @@ fz_publish(const struct mqx_packet *pk, const uint8_t *raw, uint8_t level,
     rc = mqx_mqtt_publish(pk->flags, pk->body, pk->len, level, &p);
     assert(rc == MQX_DONE || rc == MQX_BAD);
     if (rc != MQX_DONE) return 0;
+    if (level == 5) return fz_publish5(pk, &p, topic);
     assert(p.qos <= 2 && !(p.qos == 0 && p.dup));
     assert(p.qos == 0 ? p.pid == 0 : p.pid != 0);
     assert(mqx_topic_valid(p.topic.p, p.topic.len));
@@ -197,10 +249,11 @@ fz_subscribe(const struct mqx_packet *pk, uint8_t level, struct mqx_str topic)
         prev = off;
         if (!mqx_mqtt_sub_next(&s, &off, &f, &o)) break;
         assert(off > prev && off <= s.list_len);
-        assert(mqx_filter_valid(f.p, f.len));
+        if (level <= 4) assert(mqx_filter_valid(f.p, f.len));
         fz_inside(f, s.list, s.list_len);
         assert(s.with_opts ? (o & 3) != 3 : o == 0);
         if (level <= 4) assert((o & 0xfc) == 0);
+        assert((o & 0xc0) == 0 && (o & 0x30) != 0x30);
         if (topic.len) {
             int m = mqx_topic_match(f.p, f.len, topic.p, topic.len);
             if (!memchr(f.p, '+', f.len) && !memchr(f.p, '#', f.len))
@@ -216,12 +269,15 @@ fz_subscribe(const struct mqx_packet *pk, uint8_t level, struct mqx_str topic)
 static void
 fz_ack(const struct mqx_packet *pk, const uint8_t *raw)
 {
-    uint16_t pid = 0;
+    struct mqx_ack a;
+    uint16_t pid;
     uint8_t e[4];
-    enum mqx_rc rc = mqx_mqtt_ack(pk, &pid);
+    enum mqx_rc rc = mqx_mqtt_ack(pk, 4, &a);
 
     assert(rc == MQX_DONE || rc == MQX_BAD);
+    (void)mqx_mqtt_ack(pk, 5, &a); /* 5.0: reason code, properties */
     if (rc != MQX_DONE) return;
+    pid = a.pid;
     assert(pk->len == 2 && pid != 0);
     assert(pk->flags == (pk->type == MQX_PUBREL ? 2 : 0));
     if (pk->type >= MQX_PUBACK && pk->type <= MQX_PUBCOMP) {
@@ -271,7 +327,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         /* every decoder on every body: they must all stay inside it */
         fz_connect(&pk);
-        for (lv = 3; lv <= 4; lv++) {
+        for (lv = 3; lv <= 5; lv++) {
             struct mqx_str t;
             if (fz_publish(&pk, b + off, lv, &t) && pk.type == MQX_PUBLISH)
                 topic = t;

@@ -136,9 +136,30 @@ test_connect(void)
     /* 3.1 MQIsdp level 3 */
     CHECK(connect_rc("00064d5149736470 03 02 003c 0002 6331", &ck) == MQX_DONE);
     CHECK(ck.level == 3);
-    /* level 5 with name MQTT: CONNACK 1 [MQTT-3.1.2-2] */
-    CHECK(connect_rc("00044d515454 05 02 003c 0002 6331", &ck) == MQX_BAD);
+    /* level 6 with name MQTT: CONNACK 1 [MQTT-3.1.2-2] */
+    CHECK(connect_rc("00044d515454 06 02 003c 0002 6331", &ck) == MQX_BAD);
     CHECK(ck.connack == MQX_CONNACK_PROTOCOL);
+    /* 5.0: properties after the keepalive (session expiry 60, receive
+     * maximum 5), an empty id is allowed without clean start */
+    CHECK(connect_rc("00044d515454 05 00 003c 08 110000003c 210005 0000",
+                     &ck) == MQX_DONE);
+    CHECK(ck.level == 5 && ck.props.session_expiry == 60 &&
+          ck.props.receive_max == 5 && ck.client_id.len == 0);
+    /* a property twice, a property CONNECT may not have: malformed */
+    CHECK(connect_rc("00044d515454 05 02 003c 04 21000521 0005 0002 6331",
+                     &ck) == MQX_BAD);
+    CHECK(connect_rc("00044d515454 05 02 003c 06 210005210005 0002 6331",
+                     &ck) == MQX_BAD &&
+          ck.connack == MQX_RC_PROTOCOL); /* twice: a protocol error */
+    CHECK(connect_rc("00044d515454 05 02 003c 03 230001 0002 6331", &ck) ==
+              MQX_BAD &&
+          ck.connack == MQX_RC_MALFORMED);
+    /* will properties: delay 5, user property k=v */
+    CHECK(connect_rc("00044d515454 05 06 003c 00 0002 6331 0c 1800000005 "
+                     "260001 6b 0001 76 0001 74 0001 70",
+                     &ck) == MQX_DONE);
+    CHECK(ck.will && ck.will_props.will_delay == 5 &&
+          ck.will_props.n_user == 1 && ck.will_props.fwd_len == 7);
     CHECK(connect_rc("00044d515454 03 02 003c 0002 6331", &ck) == MQX_BAD);
     CHECK(ck.connack == MQX_CONNACK_PROTOCOL);
     /* wrong protocol name: close without CONNACK */
@@ -267,7 +288,7 @@ test_ack(void)
 {
     uint8_t b[8];
     struct mqx_packet pk;
-    uint16_t pid;
+    struct mqx_ack a;
 
     pk.body = b;
     b[0] = 0x12;
@@ -275,13 +296,20 @@ test_ack(void)
     pk.len = 2;
     pk.type = MQX_PUBACK;
     pk.flags = 0;
-    CHECK(mqx_mqtt_ack(&pk, &pid) == MQX_DONE && pid == 0x1234);
+    CHECK(mqx_mqtt_ack(&pk, 4, &a) == MQX_DONE && a.pid == 0x1234);
     pk.type = MQX_PUBREL;
-    CHECK(mqx_mqtt_ack(&pk, &pid) == MQX_BAD); /* [MQTT-3.6.1-1] */
+    CHECK(mqx_mqtt_ack(&pk, 4, &a) == MQX_BAD); /* [MQTT-3.6.1-1] */
     pk.flags = 2;
-    CHECK(mqx_mqtt_ack(&pk, &pid) == MQX_DONE);
+    CHECK(mqx_mqtt_ack(&pk, 4, &a) == MQX_DONE);
     pk.len = 3;
-    CHECK(mqx_mqtt_ack(&pk, &pid) == MQX_BAD);
+    CHECK(mqx_mqtt_ack(&pk, 4, &a) == MQX_BAD);
+    b[2] = 0x92; /* 5.0: a reason code, then (optional) properties */
+    CHECK(mqx_mqtt_ack(&pk, 5, &a) == MQX_DONE && a.reason == 0x92);
+    b[3] = 0;
+    pk.len = 4;
+    CHECK(mqx_mqtt_ack(&pk, 5, &a) == MQX_DONE && a.props.has == 0);
+    b[3] = 3; /* a property block longer than the packet */
+    CHECK(mqx_mqtt_ack(&pk, 5, &a) == MQX_BAD);
     CHECK(mqx_mqtt_enc_ack(b, MQX_PUBREL, 9) == 4 && b[0] == 0x62 && b[3] == 9);
     CHECK(mqx_mqtt_enc_connack(b, 1, 5) == 4 && b[0] == 0x20 && b[2] == 1 &&
           b[3] == 5);
@@ -520,8 +548,9 @@ static uint8_t
 sub(uint32_t s, const char *f, uint8_t qos)
 {
     uint32_t nd;
+    int existed;
 
-    return sub_add(s, (const uint8_t *)f, strlen(f), qos, &nd);
+    return sub_add(s, (const uint8_t *)f, strlen(f), qos, 0, 0, &nd, &existed);
 }
 
 static void
@@ -532,7 +561,7 @@ pub(const char *t, const char *payload, uint8_t qos, uint8_t retain)
                 strlen(payload), qos, retain);
 
     CHECK(m != NIL);
-    if (m != NIL) route(m);
+    if (m != NIL) (void)route(m, NIL);
 }
 
 static void
@@ -611,7 +640,9 @@ test_tree_churn(void)
         uint32_t nd[4];
         for (i = 0; i < 4; i++) {
             snprintf(t, sizeof t, "%u/%u", (k * 7 + i) % 13, i);
-            CHECK(sub_add(s, (const uint8_t *)t, strlen(t), 0, &nd[i]) == 0);
+            int ex;
+            CHECK(sub_add(s, (const uint8_t *)t, strlen(t), 0, 0, 0, &nd[i],
+                          &ex) == 0);
         }
         for (i = 0; i < 4; i++) {
             snprintf(t, sizeof t, "%u/%u", (k * 7 + (i * 3) % 4) % 13,
@@ -858,6 +889,7 @@ static void
 store_state(void)
 {
     uint32_t s = mk_sess("s1"), q, m, nd;
+    int ex;
     struct mqx_connect ck;
 
     memset(&ck, 0, sizeof ck);
@@ -866,7 +898,7 @@ store_state(void)
     ck.username.len = 1;
     CHECK(handle_set_user(s, &ck, 0) == 0);
     g.sess[s].next_pid = 6;
-    CHECK(sub_add(s, (const uint8_t *)"a/+", 3, 1, &nd) == 1);
+    CHECK(sub_add(s, (const uint8_t *)"a/+", 3, 1, 0, 0, &nd, &ex) == 1);
     pub("a/b", "hello", 1, 0); /* queued for s1 */
     pub("r/1", "kept", 0, 1);  /* retained */
     m = msg_new((const uint8_t *)"a/c", 3, (const uint8_t *)"sent", 4, 1, 0);
@@ -1087,6 +1119,13 @@ static void
 test_tls_config(void)
 {
     static struct cfg c;
+
+    if (!MQX_TLS) { /* a TLS=0 build refuses every TLS option */
+        CHECK(cfg_try("listener 8883\ncertfile /a.crt\n", &c) == -1);
+        CHECK(strstr(c.err, "t.conf:2: certfile: this mqttpx was built "
+                            "without TLS") == c.err);
+        return;
+    }
 
     CHECK(cfg_try("listener 8883\ncertfile /a.crt\nkeyfile /a.key\n"
                   "cafile /ca.crt\nrequire_certificate true\n"
