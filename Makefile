@@ -41,6 +41,37 @@ tests/unit: tests/unit.c mqttpx.c mqttpx.h
 	$(CC) -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(SAN) $(DEFS) \
 	    -o $@ tests/unit.c $(TLSLIBS)
 
+# ---- mbedTLS 3.6 (OpenWrt's branch and config) on the host ------------------
+# tests/cross/deps.sh host builds it static under $(CACHE)/host/ (x86_64,
+# glibc; no version info, no debug, no static-RSA/DHE, TLS 1.3 on). Its
+# headers come first (-I), ahead of Debian's 2.28 in /usr/include.
+CACHE   = $(or $(MQX_CACHE),$(CURDIR)/.cache)
+MBED36  = $(CACHE)/host/mbedtls-3.6
+MBED36_LIBS = $(MBED36)/lib/libmbedtls.a $(MBED36)/lib/libmbedx509.a \
+              $(MBED36)/lib/libmbedcrypto.a
+MBED36_DEFS = $(filter-out -DMQX_TLS=0,$(DEFS)) -I$(MBED36)/include
+
+# the stamp is rewritten whenever deps.sh rebuilds the library
+$(CACHE)/host/.mbedtls-3.6-done:
+	MQX_CACHE=$(CACHE) tests/cross/deps.sh host
+
+mqttpx-mbed36: mqttpx.c mqttpx.h $(CACHE)/host/.mbedtls-3.6-done
+	$(CC) $(CFLAGS) $(WARN) $(WERROR) $(MBED36_DEFS) -o $@ mqttpx.c \
+	    $(LDFLAGS) $(MBED36_LIBS)
+
+tests/unit-mbed36: tests/unit.c mqttpx.c mqttpx.h $(CACHE)/host/.mbedtls-3.6-done
+	$(CC) -O1 -g $(WARN) -Wno-missing-prototypes $(WERROR) $(SAN) \
+	    $(MBED36_DEFS) -o $@ tests/unit.c $(MBED36_LIBS)
+
+# unit and TLS black-box tests against mbedTLS 3.6 (deps.sh first: a recipe
+# or config change there rebuilds the library, and so the binaries)
+tls36:
+	MQX_CACHE=$(CACHE) tests/cross/deps.sh host
+	$(MAKE) mqttpx-mbed36 tests/unit-mbed36
+	./tests/unit-mbed36
+	MQTTPX=$(CURDIR)/mqttpx-mbed36 MQTTPX_TLS13=1 \
+	    $(PY) -m pytest -q tests/bb/test_tls.py tests/bb/test_build.py
+
 # ---- PROXY vectors, fuzz targets, corpus replay ---------------------------
 # The spec's test vectors (CI: a read-only shared/ beside the repository).
 VECTORS   ?= ../shared/spec/proxy-vectors.json
@@ -148,6 +179,7 @@ test: deps
 	$(MAKE) fuzz-replay
 	$(MAKE) bb
 	$(MAKE) bb-san
+	$(MAKE) tls36
 	$(MAKE) openwrt-check
 	$(MAKE) cross
 	@echo "make test: all suites passed"
@@ -198,9 +230,9 @@ fmt:
 	clang-format -i mqttpx.c mqttpx.h tests/*.c
 
 clean:
-	rm -f mqttpx mqttpx-san mqttpx-tls0 mqttpx-clang tests/unit tests/unit-proxy \
-	    tests/fuzz_*.bin
+	rm -f mqttpx mqttpx-san mqttpx-tls0 mqttpx-clang mqttpx-mbed36 \
+	    tests/unit tests/unit-proxy tests/unit-mbed36 tests/fuzz_*.bin
 
 .PHONY: all run deps unit unit-proxy fuzz fuzz-replay bench bb bb-san lint \
         mqttpx-clang-check test install fmt clean mqttpx-tls0-check cross size \
-        openwrt-check
+        openwrt-check tls36

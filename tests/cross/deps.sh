@@ -1,6 +1,8 @@
 #!/bin/sh
-# tests/cross/deps.sh [ARCH...]: cross toolchains, qemu-user and static
+# tests/cross/deps.sh [ARCH...|host]: cross toolchains, qemu-user and static
 # libraries for `make cross` and `make size`, cached in .cache/ (git-ignored).
+# `deps.sh host` prepares only the host mbedTLS 3.6 (for `make tls36`): no
+# cross packages, no musl, no mbedtls 2.28.
 #
 #   packages  Debian's cross gcc for mips (big-endian), mipsel, armhf and
 #             aarch64, qemu-user-static, dpkg-dev; installed when root, else
@@ -11,9 +13,10 @@
 #             (static, -Os, built with that musl); plus .cache/host/mbedtls-3.6
 #             (x86_64 glibc) for host TLS tests against OpenWrt's branch
 #
-# Every step writes a stamp holding what it was built from; a step whose
-# stamp matches is skipped, so a warm run takes about a second. Delete
-# .cache/cross (or one ARCH) to force a rebuild. Env: JOBS (default 2).
+# Every step writes a stamp holding what it was built from (for mbedtls 3.6
+# that includes the config options below, so changing them rebuilds it); a
+# step whose stamp matches is skipped, so a warm run takes about a second.
+# Delete .cache/cross (or one ARCH) to force a rebuild. Env: JOBS (default 2).
 set -eu
 # shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
@@ -23,7 +26,41 @@ RECIPE=2
 # Whatever the caller exports is for mqttpx, not for the libraries.
 unset CFLAGS CPPFLAGS LDFLAGS MAKEFLAGS MFLAGS || true
 
-ARCHES=${*:-$ALL_ARCHES}
+# mbedTLS 3.6 as OpenWrt's libmbedtls has it: no version info (VERSION_C,
+# and VERSION_FEATURES, which needs it), no debug, no static-RSA or
+# finite-field DHE key exchange; TLS 1.3 on (it needs PSA crypto, the
+# compatibility mode and the ephemeral key exchange modes, all on by
+# default and checked after configuring). Part of the 3.6 stamps.
+MBED36_SET="MBEDTLS_SSL_PROTO_TLS1_3"
+MBED36_UNSET="MBEDTLS_VERSION_C MBEDTLS_VERSION_FEATURES MBEDTLS_DEBUG_C \
+MBEDTLS_KEY_EXCHANGE_RSA_ENABLED MBEDTLS_KEY_EXCHANGE_DHE_RSA_ENABLED \
+MBEDTLS_KEY_EXCHANGE_DHE_PSK_ENABLED"
+MBED36_NEED="MBEDTLS_SSL_PROTO_TLS1_3 MBEDTLS_PSA_CRYPTO_C \
+MBEDTLS_SSL_TLS1_3_COMPATIBILITY_MODE \
+MBEDTLS_SSL_TLS1_3_KEY_EXCHANGE_MODE_EPHEMERAL_ENABLED \
+MBEDTLS_SSL_TLS1_3_KEY_EXCHANGE_MODE_PSK_EPHEMERAL_ENABLED \
+MBEDTLS_SSL_KEEP_PEER_CERTIFICATE MBEDTLS_ECDH_C MBEDTLS_ECDSA_C \
+MBEDTLS_SSL_PROTO_TLS1_2 MBEDTLS_KEY_EXCHANGE_ECDHE_ECDSA_ENABLED \
+MBEDTLS_KEY_EXCHANGE_ECDHE_RSA_ENABLED"
+# mbed_key VER: what a build of mbedtls VER depends on besides its compiler
+mbed_key()
+{
+    if [ "$1" = 3.6 ]; then
+        # shellcheck disable=SC2086 # collapse the lists to one line
+        echo "$RECIPE $(cat "$SRCDIR/.mbedtls-3.6-src") set:" $MBED36_SET \
+            "unset:" $MBED36_UNSET
+    else
+        echo "$RECIPE $(cat "$SRCDIR/.mbedtls-$1-src")"
+    fi
+}
+
+HOST_ONLY=0
+if [ "$*" = host ]; then
+    HOST_ONLY=1
+    ARCHES=""
+else
+    ARCHES=${*:-$ALL_ARCHES}
+fi
 for a in $ARCHES; do arch_triplet "$a" >/dev/null || exit 2; done
 T0=$(date +%s)
 
@@ -32,6 +69,9 @@ PKGS="gcc-mips-linux-gnu gcc-mipsel-linux-gnu gcc-arm-linux-gnueabihf \
 gcc-aarch64-linux-gnu binutils-mips-linux-gnu binutils-mipsel-linux-gnu \
 binutils-arm-linux-gnueabihf binutils-aarch64-linux-gnu qemu-user-static \
 dpkg-dev gcc make python3 xz-utils patch mosquitto-clients \
+debian-archive-keyring openssl"
+# the host library needs only the tools to fetch and build its source
+[ $HOST_ONLY = 1 ] && PKGS="dpkg-dev gcc make python3 xz-utils patch \
 debian-archive-keyring"
 missing=""
 for p in $PKGS; do
@@ -122,12 +162,14 @@ fetch_src()
     basename "$dsc" >"$stamp"
 }
 mkdir -p "$SRCDIR"
-fetch_src musl musl/bookworm
-fetch_src mbedtls-2.28 mbedtls/bookworm
+if [ $HOST_ONLY = 0 ]; then
+    fetch_src musl musl/bookworm
+    fetch_src mbedtls-2.28 mbedtls/bookworm
+    case $(cat "$SRCDIR/.mbedtls-2.28-src") in mbedtls_2.28.*) ;;
+    *) die "mbedtls/bookworm is $(cat "$SRCDIR/.mbedtls-2.28-src"), want 2.28" ;;
+    esac
+fi
 fetch_src mbedtls-3.6 mbedtls/trixie
-case $(cat "$SRCDIR/.mbedtls-2.28-src") in mbedtls_2.28.*) ;;
-*) die "mbedtls/bookworm is $(cat "$SRCDIR/.mbedtls-2.28-src"), want 2.28" ;;
-esac
 case $(cat "$SRCDIR/.mbedtls-3.6-src") in mbedtls_3.6.*) ;;
 *) die "mbedtls/trixie is $(cat "$SRCDIR/.mbedtls-3.6-src"), want 3.6" ;;
 esac
@@ -177,8 +219,9 @@ build_musl()
 
 # mbed_config DIR VER: 2.28 gets Debian's own config (the `config.py set`
 # lines of its debian/rules, as libmbedtls-dev ships it); 3.6 gets OpenWrt's
-# libmbedtls choices: version info on, debug off, no static-RSA or
-# finite-field DHE key exchange, TLS 1.3 on.
+# libmbedtls choices (MBED36_SET, MBED36_UNSET above: version info and debug
+# off, no static-RSA or finite-field DHE key exchange, TLS 1.3 on), then
+# the result is checked against MBED36_NEED and MBED36_UNSET.
 mbed_config()
 {
     py=$(command -v /usr/bin/python3 || command -v python3)
@@ -191,13 +234,24 @@ mbed_config()
         return
     fi
     cf=$1/include/mbedtls/mbedtls_config.h
-    for o in MBEDTLS_VERSION_C MBEDTLS_SSL_PROTO_TLS1_3; do
-        "$py" "$1/scripts/config.py" -f "$cf" set "$o"
+    for o in $MBED36_SET; do
+        echo "config: set $o"
+        "$py" "$1/scripts/config.py" -f "$cf" set "$o" || return 1
     done
-    for o in MBEDTLS_DEBUG_C MBEDTLS_KEY_EXCHANGE_RSA_ENABLED \
-        MBEDTLS_KEY_EXCHANGE_DHE_RSA_ENABLED \
-        MBEDTLS_KEY_EXCHANGE_DHE_PSK_ENABLED; do
-        "$py" "$1/scripts/config.py" -f "$cf" unset "$o"
+    for o in $MBED36_UNSET; do
+        echo "config: unset $o"
+        "$py" "$1/scripts/config.py" -f "$cf" unset "$o" || return 1
+    done
+    # config.py get: exit 0 when the option is set
+    for o in $MBED36_NEED; do
+        "$py" "$1/scripts/config.py" -f "$cf" get "$o" >/dev/null ||
+            { echo "config: $o is off, want it on"; return 1; }
+    done
+    for o in $MBED36_UNSET; do
+        if "$py" "$1/scripts/config.py" -f "$cf" get "$o" >/dev/null; then
+            echo "config: $o is on, want it off"
+            return 1
+        fi
     done
 }
 
@@ -232,7 +286,7 @@ for a in $ARCHES; do
         echo "$key" >"$XDIR/$a/.musl-done"
     fi
     for v in $MBED_VERSIONS; do
-        key="$RECIPE $(cat "$SRCDIR/.mbedtls-$v-src") $(cat "$XDIR/$a/.musl-done")"
+        key="$(mbed_key "$v") $(cat "$XDIR/$a/.musl-done")"
         fresh "$XDIR/$a/.mbedtls-$v-done" "$key" || continue
         t=$(date +%s)
         log "building mbedtls $v ($(cat "$SRCDIR/.mbedtls-$v-src")) for $a"
@@ -247,7 +301,7 @@ done
 
 # host (x86_64, glibc) mbedTLS 3.6 with the OpenWrt-like config
 HOST=$CACHE/host
-key="$RECIPE $(cat "$SRCDIR/.mbedtls-3.6-src") $(gcc -dumpfullversion)"
+key="$(mbed_key 3.6) $(gcc -dumpfullversion)"
 if fresh "$HOST/.mbedtls-3.6-done" "$key"; then
     t=$(date +%s)
     log "building mbedtls 3.6 ($(cat "$SRCDIR/.mbedtls-3.6-src")) for host"
@@ -258,4 +312,4 @@ if fresh "$HOST/.mbedtls-3.6-done" "$key"; then
     built=$((built + 1))
 fi
 
-log "deps ready for: $ARCHES host ($built built, $(($(date +%s) - T0)) s)"
+log "deps ready for:${ARCHES:+ $ARCHES} host ($built built, $(($(date +%s) - T0)) s)"

@@ -2,8 +2,10 @@
 # tests/cross/run.sh [--build-only] ARCH...: build mqttpx and tests/unit.c
 # statically against musl + mbedTLS for each ARCH (mips mipsel armhf aarch64),
 # run the unit tests under qemu-ARCH-static, then a black-box smoke test of
-# the cross-built broker from the host (mosquitto_pub/sub, python3).
-# Needs the libraries from tests/cross/deps.sh. Outputs land in
+# the cross-built broker from the host (mosquitto_pub/sub, python3), and a
+# TLS one of each broker linked with mbedTLS (a throwaway EC CA and server
+# certificate from openssl). Needs the libraries from tests/cross/deps.sh.
+# Outputs land in
 # .cache/cross/ARCH/out/:
 #
 #   mqttpx-tls-2.28  mqttpx-tls-3.6  mqttpx-notls    the broker
@@ -14,10 +16,12 @@
 #   CFLAGS_EXTRA   more compiler flags (-Werror, -g, ...)
 #   LDFLAGS_EXTRA  more linker flags
 #   CROSS_MBEDTLS  mbedTLS branches for the TLS builds (default "2.28 3.6";
-#                  the first one is smoke-tested, the no-TLS build links its
-#                  libmbedcrypto)
+#                  each gets the TLS smoke test, the first one the plain and
+#                  PROXY one too; the no-TLS build links its libmbedcrypto)
 #   MQTTPX_SRC, UNIT_SRC   sources (default mqttpx.c, tests/unit.c)
 #   UNIT_TIMEOUT   seconds per unit run under qemu (default 600)
+#   TLS_TIMEOUT    seconds for each TLS client and wait (default 120: a
+#                  handshake in qemu is slow)
 set -eu
 # shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
@@ -37,6 +41,7 @@ CROSS_MBEDTLS=${CROSS_MBEDTLS:-2.28 3.6}
 MQTTPX_SRC=${MQTTPX_SRC:-$ROOT/mqttpx.c}
 UNIT_SRC=${UNIT_SRC:-$ROOT/tests/unit.c}
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-600}
+TLS_TIMEOUT=${TLS_TIMEOUT:-120}
 PY=$(command -v /usr/bin/python3 || command -v python3)
 [ -f "$MQTTPX_SRC" ] || die "no $MQTTPX_SRC"
 [ -f "$UNIT_SRC" ] || die "no $UNIT_SRC"
@@ -205,6 +210,28 @@ if mode == "header":
 sys.exit(0 if not got.startswith(b"\x20") else 1)
 '
 
+# stop_broker WHAT PID LOG: SIGTERM; the broker must exit 0 within 10 s
+stop_broker()
+{
+    kill -TERM "$2" 2>/dev/null || true
+    i=0
+    while kill -0 "$2" 2>/dev/null && [ $i -lt 100 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    if kill -0 "$2" 2>/dev/null; then
+        kill -KILL "$2" 2>/dev/null || true
+        wait "$2" || true
+        bad "$1: broker ignored SIGTERM for 10 s"
+        show "$3"
+    elif wait "$2"; then
+        ok "$1: SIGTERM, exit 0"
+    else
+        bad "$1: exit $? after SIGTERM"
+        show "$3"
+    fi
+}
+
 # smoke ARCH BIN: start BIN under qemu on free 127.0.0.1 ports, pub/sub
 # through it, optionally the PROXY v2 listener, then SIGTERM.
 smoke()
@@ -272,23 +299,102 @@ smoke()
         log "SKIP $1 smoke: PROXY v2 (config test rejects enable_proxy_protocol: $(tail -n 1 "$tmp/t.log"))"
     fi
 
-    kill -TERM $bpid
-    i=0
-    while kill -0 $bpid 2>/dev/null && [ $i -lt 100 ]; do
-        sleep 0.1
-        i=$((i + 1))
-    done
-    if kill -0 $bpid 2>/dev/null; then
-        kill -KILL $bpid
-        wait $bpid || true
-        bad "$1 smoke: broker ignored SIGTERM for 10 s"
-        show "$tmp/broker.log"
-    elif wait $bpid; then
-        ok "$1 smoke: SIGTERM, exit 0"
-    else
-        bad "$1 smoke: exit $? after SIGTERM"
-        show "$tmp/broker.log"
+    stop_broker "$1 smoke" $bpid "$tmp/broker.log"
+}
+
+# ---- TLS smoke test ----------------------------------------------------
+# make_certs: a throwaway EC (P-256) CA and a server certificate for
+# 127.0.0.1 signed by it, once per run, in $CERTS (ca.crt, server.crt,
+# server.key); false, with openssl's output shown, if that fails
+CERTS=""
+make_certs()
+{
+    [ -n "$CERTS" ] && return 0
+    d=$(mktemp -d)
+    TMPS="$TMPS $d"
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature" \
+        "extendedKeyUsage=serverAuth" >"$d/server.ext"
+    if (cd "$d" &&
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+            -nodes -keyout ca.key -out ca.crt -days 2 \
+            -subj /CN=mqttpx-cross-ca &&
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout server.key -out server.csr -subj /CN=127.0.0.1 &&
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key \
+            -CAcreateserial -days 2 -extfile server.ext -out server.crt &&
+        openssl verify -CAfile ca.crt server.crt) >"$d/openssl.log" 2>&1; then
+        CERTS=$d
+        return 0
     fi
+    show "$d/openssl.log"
+    return 1
+}
+
+# smoke_tls ARCH BIN VER: BIN (linked with mbedTLS VER) under qemu with one
+# TLS listener (certfile, keyfile; Mosquitto's semantics): plain MQTT on it
+# gets no CONNACK, then pub/sub through it with mosquitto_pub/sub verifying
+# the server against the CA, then SIGTERM. The broker accepts TLS 1.2 and
+# up by default: with 3.x the subscriber insists on TLS 1.3 and the
+# publisher on 1.2; 2.28 has no TLS 1.3, so both use 1.2.
+smoke_tls()
+{
+    q=$(arch_qemu "$1")
+    b=$2
+    what="$1 TLS smoke ($(basename "$b"))"
+    if ! make_certs; then
+        bad "$what: openssl could not make the test certificates"
+        return 0
+    fi
+    tmp=$(mktemp -d)
+    TMPS="$TMPS $tmp"
+    p=$(free_port)
+    printf '%s\n' "listener $p 127.0.0.1" "certfile $CERTS/server.crt" \
+        "keyfile $CERTS/server.key" "allow_anonymous true" >"$tmp/tls.conf"
+    case $3 in
+    2.*) vsub=tlsv1.2 ;;
+    *) vsub=tlsv1.3 ;;
+    esac
+    vpub=tlsv1.2
+
+    "$q" "$b" -c "$tmp/tls.conf" -v 2>"$tmp/broker.log" &
+    bpid=$!
+    KILL_PIDS="$KILL_PIDS $bpid"
+    if ! wait_for "$tmp/broker.log" "listening on" 60 $bpid; then
+        bad "$what: no 'listening on'"
+        show "$tmp/tls.conf" "$tmp/broker.log"
+        kill -KILL $bpid 2>/dev/null || true
+        return 0
+    fi
+
+    # a plaintext CONNECT on the TLS port: no CONNACK (and the broker
+    # lives on, which the pub/sub below shows)
+    if "$PY" -c "$PROXY_PY" "$p" noheader >"$tmp/plain.out" 2>&1; then
+        ok "$what: plain MQTT on the TLS listener gets no CONNACK"
+    else
+        bad "$what: plain MQTT on the TLS listener: $(tail -n 1 "$tmp/plain.out")"
+        show "$tmp/plain.out" "$tmp/broker.log"
+    fi
+
+    stdbuf -oL mosquitto_sub --cafile "$CERTS/ca.crt" --tls-version $vsub \
+        -h 127.0.0.1 -p "$p" -t smoke/tls -C 1 -W "$TLS_TIMEOUT" -d \
+        >"$tmp/sub.out" 2>&1 &
+    spid=$!
+    KILL_PIDS="$KILL_PIDS $spid"
+    if wait_for "$tmp/sub.out" "received SUBACK" "$TLS_TIMEOUT" $spid &&
+        timeout "$TLS_TIMEOUT" mosquitto_pub --cafile "$CERTS/ca.crt" \
+            --tls-version $vpub -h 127.0.0.1 -p "$p" -t smoke/tls \
+            -m hello-tls >"$tmp/pub.out" 2>&1 &&
+        wait $spid && grep -qx hello-tls "$tmp/sub.out"; then
+        ok "$what: pub ($vpub) / sub ($vsub), server verified against the CA"
+    else
+        bad "$what: pub ($vpub) / sub ($vsub)"
+        kill $spid 2>/dev/null || true
+        show "$tmp/sub.out" "$tmp/pub.out" "$tmp/broker.log"
+    fi
+
+    stop_broker "$what" $bpid "$tmp/broker.log"
 }
 
 for a in "$@"; do
@@ -305,6 +411,14 @@ for a in "$@"; do
     else
         bad "$a smoke: $(basename "$bin") did not build"
     fi
+    for v in $CROSS_MBEDTLS; do
+        bin=$XDIR/$a/out/mqttpx-tls-$v
+        if [ -x "$bin" ]; then
+            smoke_tls "$a" "$bin" "$v"
+        else
+            bad "$a TLS smoke: $(basename "$bin") did not build"
+        fi
+    done
 done
 
 log "$* done in $(($(date +%s) - T0)) s"
