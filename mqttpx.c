@@ -6,8 +6,10 @@
  * arena_seal() the broker's paths do not call malloc (tests/bb/test_memory.py
  * proves it with an LD_PRELOAD counter).
  *
- * Supported: MQTT 3.1 (MQIsdp, level 3) and 3.1.1 (level 4): QoS 0/1/2 both
- * ways, retained messages, wills, persistent sessions, keepalive, $SYS.
+ * Supported: MQTT 3.1 (MQIsdp, level 3), 3.1.1 (level 4) and 5.0 (level 5):
+ * QoS 0/1/2 both ways, retained messages, wills, persistent sessions,
+ * keepalive, $SYS; 5.0 properties, reason codes, expiry, aliases, shared
+ * subscriptions. Native TLS through mbedTLS [11].
  *
  * Map (grep -n '^/\* ====' mqttpx.c):
  *   [1] platform, ceilings, data model    [9]  auth and ACL
@@ -7572,7 +7574,10 @@ conn_ack5(struct conn *c, uint8_t type, uint16_t pid, uint8_t reason,
           const char *why)
 {
     size_t wl = why && c->problem ? strlen(why) : 0;
-    uint8_t *p = conn_out(c, c->proto == 5 ? 8 + wl : 4);
+    uint8_t *p;
+
+    if (c->max_out && 8 + wl > c->max_out) wl = 0; /* [MQTT-3.4.2-2] */
+    p = conn_out(c, c->proto == 5 ? 8 + wl : 4);
 
     if (!p) {
         conn_oom(c, "an acknowledgement");
@@ -7599,7 +7604,9 @@ conn_disconnect(struct conn *c, uint8_t reason, const char *why)
 {
     if (c->proto == 5 && c->state == CONN_ONLINE) {
         size_t wl = why && c->problem ? strlen(why) : 0;
-        uint8_t *p = conn_out(c, 8 + wl);
+        uint8_t *p;
+        if (c->max_out && 8 + wl > c->max_out) wl = 0; /* [MQTT-3.14.2-3] */
+        p = conn_out(c, 8 + wl);
         if (p) {
             size_t pl = wl ? 3 + wl : 0, i;
             p[0] = MQX_DISCONNECT << 4;

@@ -1225,6 +1225,133 @@ test_tls_identity(void)
 }
 #endif
 
+/* MQTT 5 state survives a snapshot: the session's expiry interval, a
+ * shared subscription with options and an identifier, a retained message
+ * with properties and an expiry time. */
+static void
+test_store_v5(void)
+{
+    static char path[256];
+    static const uint8_t props[] = {0x03, 0x00, 0x04, 't', 'e',  'x',  't',
+                                    0x26, 0x00, 0x01, 'k', 0x00, 0x01, 'v'};
+    uint32_t s, m, nd, si;
+    uint32_t expire = (uint32_t)time(NULL) + 3600;
+    int ex;
+
+    memcpy(store_dir + strlen(store_dir) - 6, "XXXXXX", 6); /* a new one */
+    CHECK(mkdtemp(store_dir) != NULL);
+    snprintf(path, sizeof path, "%s/mqttpx.db", store_dir);
+    store_setup();
+    s = mk_sess("v5");
+    g.sess[s].proto = 5;
+    g.sess[s].expiry = 120;
+    CHECK(sub_add(s, (const uint8_t *)"$share/g/a/#", 12, 1, SO_RAP, 7, &nd,
+                  &ex) == 1);
+    m = msg_new5((const uint8_t *)"r/5", 3, props, sizeof props,
+                 (const uint8_t *)"pay", 3, 1, 1, expire);
+    CHECK(m != NIL);
+    (void)route(m, NIL);
+    CHECK(g.n_retained == 1);
+    CHECK(store_save() == 0);
+    broker_teardown();
+    store_setup();
+    store_load();
+    s = sess_find((const uint8_t *)"v5", 2);
+    CHECK(s != NIL);
+    if (s != NIL) {
+        CHECK(g.sess[s].proto == 5 && g.sess[s].expiry == 120 &&
+              !g.sess[s].clean);
+        CHECK(g.sess[s].expire_ms > g.now); /* offline: counts from start */
+        si = g.sess[s].subs;
+        CHECK(si != NIL);
+        if (si != NIL) {
+            CHECK(g.subs[si].share != NIL && g.subs[si].share_len == 1 &&
+                  *st_ptr(g.subs[si].share) == 'g');
+            CHECK(g.subs[si].sub_id == 7 && g.subs[si].opts == SO_RAP &&
+                  g.subs[si].qos == 1);
+        }
+    }
+    nd = tree_path((const uint8_t *)"r/5", 3, 0);
+    CHECK(nd != NIL);
+    if (nd != NIL && g.nodes[nd].retained != NIL) {
+        const struct msg *x = &g.msgs[g.nodes[nd].retained];
+        CHECK(x->expire == expire && x->props_len == sizeof props &&
+              memcmp(msg_props(x), props, sizeof props) == 0 &&
+              x->payload_len == 3 && memcmp(msg_payload(x), "pay", 3) == 0);
+    }
+    broker_teardown();
+    unlink(path);
+    rmdir(store_dir);
+}
+
+/* Property blocks: every type, where each may stand, twice, bad values. */
+static void
+test_props(void)
+{
+    uint8_t b[128], fw[128];
+    struct mqx_props p;
+    size_t n, used;
+
+    /* PUBLISH: format 1, expiry 10, content type, response topic,
+     * correlation, two user properties, alias 3, subscription id 300 */
+    n = unhex("0101 020000000a 030002 6a73 080003 722f31 090002 0102 "
+              "260001 61 0001 62 260001 63 0001 64 230003 0bac02",
+              b);
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_PUBLISH, &p) == MQX_DONE);
+    CHECK(p.payload_format == 1 && p.message_expiry == 10 &&
+          p.content_type.len == 2 && p.response_topic.len == 3 &&
+          p.correlation.len == 2 && p.n_user == 2 && p.alias == 3 &&
+          p.sub_id == 300);
+    /* what travels on: all but expiry, alias and subscription id */
+    CHECK(p.fwd_len == 2 + 5 + 6 + 5 + 7 + 7);
+    CHECK(mqx_props_copy_fwd(&p, fw) == p.fwd_len);
+    CHECK(fw[0] == 0x01 && fw[2] == 0x03 && fw[p.fwd_len - 7] == 0x26);
+    /* a CONNECT may not hold a PUBLISH property: malformed */
+    CHECK(mqx_props_decode(guard(b, 2), 2, MQX_PW_CONNECT, &p) == MQX_BAD);
+    /* twice, or out of range: protocol errors */
+    n = unhex("0101 0100", b);
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_PUBLISH, &p) == MQX_PROTO);
+    n = unhex("0102", b);
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_PUBLISH, &p) == MQX_PROTO);
+    n = unhex("210000", b);
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_CONNECT, &p) == MQX_PROTO);
+    n = unhex("2700000000", b);
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_CONNECT, &p) == MQX_PROTO);
+    n = unhex("0b00", b);
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_SUBSCRIBE, &p) == MQX_PROTO);
+    n = unhex("080003 612f2b", b); /* response topic with a wildcard */
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_PUBLISH, &p) == MQX_PROTO);
+    /* user property twice is fine; subscription id twice only in PUBLISH */
+    n = unhex("0b01 0b02", b);
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_PUBLISH, &p) == MQX_DONE);
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_SUBSCRIBE, &p) == MQX_PROTO);
+    /* truncated values, an unknown id, a bad UTF-8 string: malformed */
+    n = unhex("0200", b);
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_PUBLISH, &p) == MQX_BAD);
+    n = unhex("0500", b);
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_PUBLISH, &p) == MQX_BAD);
+    n = unhex("030001 ff", b);
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_PUBLISH, &p) == MQX_BAD);
+    n = unhex("0bffffffff7f", b); /* a varint of five bytes */
+    CHECK(mqx_props_decode(guard(b, n), n, MQX_PW_PUBLISH, &p) == MQX_BAD);
+    /* length in front: DISCONNECT with session expiry and reason */
+    n = unhex("0a 1100000078 1f0002 6f6b", b);
+    CHECK(mqx_props_read(guard(b, n), n, MQX_PW_DISCONNECT, &p, &used) ==
+              MQX_DONE &&
+          used == n && p.session_expiry == 120 && p.reason.len == 2);
+    CHECK(mqx_props_read(guard(b, n - 1), n - 1, MQX_PW_DISCONNECT, &p,
+                         &used) == MQX_BAD);
+    /* encoders: a 5.0 ack with reason string, the short form without */
+    CHECK(mqx_mqtt_enc_ack5(b, MQX_PUBACK, 7, 0, NULL) == 4);
+    n = mqx_mqtt_enc_ack5(b, MQX_PUBACK, 7, 0x87, "no");
+    CHECK(n == 11 && b[1] == 9 && b[4] == 0x87 && b[5] == 5 && b[6] == 0x1f);
+    n = mqx_mqtt_enc_publish5(b, (const uint8_t *)"t", 1, (const uint8_t *)"x",
+                              1, 1, 0, 0, 2, (const uint8_t *)"\x23\x00\x01", 3,
+                              fw, 2);
+    CHECK(n == mqx_mqtt_publish5_size(1, 1, 1, 5) && b[0] == 0x32 &&
+          b[7] == 5 && b[8] == 0x23);
+}
+
 int
 main(void)
 {
@@ -1248,6 +1375,8 @@ main(void)
     test_store_golden();
     test_store_crashers();
     test_store_expiry();
+    test_store_v5();
+    test_props();
     test_tls_config();
 #if MQX_TLS
     test_tls_identity();
