@@ -6,7 +6,9 @@ The traffic touches every path that takes memory: connects and
 disconnects, QoS 0/1/2 both ways, retained set and cleared, subscribe and
 unsubscribe, wills, takeover, persistent sessions with queued messages,
 a packet larger than the read buffer, keepalive expiry, refused
-connections, $SYS."""
+connections, $SYS; and MQTT 5: properties, topic aliases both ways,
+subscription identifiers, shared subscriptions, message expiry, a delayed
+will, reason codes and the broker's DISCONNECT."""
 
 import os
 import socket
@@ -14,6 +16,7 @@ import time
 
 import pytest
 
+import mqtt5wire as m5
 import mqttwire as w
 from conftest import ROOT
 
@@ -92,6 +95,7 @@ def test_no_malloc_after_start(counted):
                 raise
             time.sleep(0.05)
     k.expect_closed(timeout=4)
+    mqtt5_traffic(port)
     # $SYS ticks (sys_interval 1) while all this ran
     p = w.recv_pub(sub, timeout=3)
     while not p.topic.startswith("$SYS"):
@@ -102,3 +106,34 @@ def test_no_malloc_after_start(counted):
     bad = b.find("mallocount: ") 
     bad = [ln for ln in bad if "armed" not in ln]
     assert not bad, "allocations after the loop started:\n" + "\n".join(bad)
+
+
+def mqtt5_traffic(port):
+    """The MQTT 5 paths that take store memory: aliases, properties,
+    shared and identified subscriptions, delayed wills, expiry."""
+    sub = m5.open5(port, "s5", clean=True, properties=[
+        (m5.TOPIC_ALIAS_MAXIMUM, 4), (m5.SESSION_EXPIRY, 30)])
+    assert m5.sub5(sub, 1, [("v/#", 1)],
+                   properties=[(m5.SUBSCRIPTION_ID, 9)]) == [1]
+    assert m5.sub5(sub, 2, [("$share/g/v/+", 1)]) == [1]
+    pub = m5.open5(port, "p5", properties=[(m5.TOPIC_ALIAS_MAXIMUM, 4)])
+    props = [(m5.USER_PROPERTY, ("k", "v")), (m5.CONTENT_TYPE, "t"),
+             (m5.MESSAGE_EXPIRY, 60), (m5.TOPIC_ALIAS, 1)]
+    m5.pub5(pub, "v/1", b"one", qos=1, pid=1, properties=props)
+    m5.pub5(pub, "", b"two", qos=1, pid=2, properties=[(m5.TOPIC_ALIAS, 1)])
+    got = [m5.recv_pub5(sub).payload for _ in range(4)]
+    assert sorted(got) == [b"one", b"one", b"two", b"two"]
+    # a delayed will, cancelled by the return within the delay
+    wl = m5.open5(port, "w5", clean=False, properties=[
+        (m5.SESSION_EXPIRY, 30)],
+        will=("v/will", b"late", 0, False, [(m5.WILL_DELAY, 30)]))
+    wl.close()
+    wl = m5.open5(port, "w5", clean=False, present=True, properties=[
+        (m5.SESSION_EXPIRY, 0)])
+    wl.send(m5.disconnect(0))
+    # a protocol error: the broker's DISCONNECT
+    bad = m5.open5(port, "bad5")
+    bad.send(m5.publish("", b"x", properties=[(m5.TOPIC_ALIAS, 3)]))
+    m5.expect_disconnect(bad, 0x94)
+    sub.send(m5.disconnect(0))
+    pub.send(m5.disconnect(0))
