@@ -106,11 +106,13 @@ fz_connect(const struct mqx_packet *pk)
     struct mqx_connect c;
     enum mqx_rc rc = mqx_mqtt_connect(pk->body, pk->len, &c);
 
-    assert(rc == MQX_DONE || rc == MQX_BAD);
+    assert(rc == MQX_DONE || rc == MQX_BAD || rc == MQX_PROTO);
     if (rc == MQX_BAD) {
         assert(c.connack == 0 || c.connack == MQX_CONNACK_PROTOCOL ||
                c.connack == MQX_CONNACK_ID ||
                (c.level == 5 && (c.connack == MQX_RC_MALFORMED ||
+                                 c.connack == MQX_RC_PROTOCOL ||
+                                 c.connack == MQX_RC_ID_INVALID ||
                                  c.connack == MQX_RC_PAYLOAD_FORMAT)));
         return;
     }
@@ -193,7 +195,7 @@ fz_publish(const struct mqx_packet *pk, const uint8_t *raw, uint8_t level,
     uint8_t *e;
 
     rc = mqx_mqtt_publish(pk->flags, pk->body, pk->len, level, &p);
-    assert(rc == MQX_DONE || rc == MQX_BAD);
+    assert(rc == MQX_DONE || rc == MQX_BAD || rc == MQX_PROTO);
     if (rc != MQX_DONE) return 0;
     if (level == 5) return fz_publish5(pk, &p, topic);
     assert(p.qos <= 2 && !(p.qos == 0 && p.dup));
@@ -240,7 +242,7 @@ fz_subscribe(const struct mqx_packet *pk, uint8_t level, struct mqx_str topic)
     uint8_t o;
     enum mqx_rc rc = mqx_mqtt_subscribe(pk, level, &s);
 
-    assert(rc == MQX_DONE || rc == MQX_BAD);
+    assert(rc == MQX_DONE || rc == MQX_BAD || rc == MQX_PROTO);
     if (rc != MQX_DONE) return;
     assert(pk->flags == 2 && s.pid != 0 && s.count > 0);
     assert(s.with_opts == (pk->type == MQX_SUBSCRIBE));
@@ -274,7 +276,7 @@ fz_ack(const struct mqx_packet *pk, const uint8_t *raw)
     uint8_t e[4];
     enum mqx_rc rc = mqx_mqtt_ack(pk, 4, &a);
 
-    assert(rc == MQX_DONE || rc == MQX_BAD);
+    assert(rc == MQX_DONE || rc == MQX_BAD || rc == MQX_PROTO);
     (void)mqx_mqtt_ack(pk, 5, &a); /* 5.0: reason code, properties */
     if (rc != MQX_DONE) return;
     pid = a.pid;
