@@ -407,6 +407,9 @@ struct conn {
     uint16_t recv_max;      /* the client's Receive Maximum, 0: none */
     uint16_t alias_out_max; /* aliases we may give it (its maximum, ours) */
     uint16_t n_alias_out;
+    uint16_t alias_in_max; /* our Topic Alias Maximum told in its CONNACK */
+    uint16_t recv_max_in;  /* our Receive Maximum told in its CONNACK */
+    uint16_t q2_in;        /* QoS 2 PUBLISHes of this connection, no PUBREL */
     uint8_t keepalive_set; /* 5.0: Server Keep Alive replaced the client's */
     uint32_t max_out;      /* the client's Maximum Packet Size, 0: none */
     uint32_t will_delay;   /* seconds */
@@ -7866,7 +7869,7 @@ alias_free(struct conn *c)
     uint32_t i;
 
     if (c->alias_in) {
-        for (i = 0; i < (uint32_t)g.cfg.max_topic_alias; i++)
+        for (i = 0; i < c->alias_in_max; i++)
             if (c->alias_in[i] != NIL) st_free(st_ptr(c->alias_in[i]));
         st_free((uint8_t *)c->alias_in);
     }
@@ -8183,7 +8186,10 @@ handle_connack(struct conn *c, uint8_t present, uint8_t rc,
 
     if (c->proto != 5) {
         p = conn_out(c, 4);
-        if (p) mqx_mqtt_enc_connack(p, present, rc);
+        if (p)
+            mqx_mqtt_enc_connack(p, present, rc);
+        else
+            conn_oom(c, "the CONNACK");
         return;
     }
     if (rc == MQX_RC_SUCCESS) {
@@ -8222,7 +8228,10 @@ handle_connack(struct conn *c, uint8_t present, uint8_t rc,
     if (wl && wl < 200) n += wr_prop_str(pr + n, MQX_P_REASON, why, wl);
     i = 2 + mqx_varint_size((uint32_t)n) + n; /* flags, code, properties */
     p = conn_out(c, 1 + mqx_mqtt_rl_size((uint32_t)i) + i);
-    if (!p) return;
+    if (!p) {
+        conn_oom(c, "the CONNACK");
+        return;
+    }
     p[0] = MQX_CONNACK << 4;
     p += 1 + mqx_mqtt_enc_rl(p + 1, (uint32_t)i);
     p[0] = present & 1;
@@ -8498,6 +8507,10 @@ handle_connect(struct conn *c, const struct mqx_packet *pk)
         g.sess[s].expiry = ex;
         c->recv_max = ck.props.receive_max;
         c->max_out = ck.props.max_packet;
+        c->alias_in_max = (uint16_t)g.cfg.max_topic_alias;
+        c->recv_max_in = g.cfg.max_inflight_messages < 65535
+                             ? (uint16_t)g.cfg.max_inflight_messages
+                             : 0;
         c->alias_out_max = ck.props.alias_max < g.cfg.max_topic_alias
                                ? ck.props.alias_max
                                : (uint16_t)g.cfg.max_topic_alias;
@@ -8564,8 +8577,8 @@ handle_publish(struct conn *c, const struct mqx_packet *pk)
         conn_ack(c, MQX_PUBREC, pb.pid); /* [MQTT-4.3.3-2] not again */
         return 0;
     }
-    if (pb.qos == 2 && c->proto == 5 && g.cfg.max_inflight_messages &&
-        s->r_count >= (uint64_t)g.cfg.max_inflight_messages) {
+    if (pb.qos == 2 && c->proto == 5 && c->recv_max_in &&
+        c->q2_in >= c->recv_max_in) { /* this connection's quota [4.9] */
         handle_violation(c, MQX_RC_RECEIVE_MAX, /* [MQTT-3.3.4-8] */
                          "receive maximum exceeded");
         return 0;
@@ -8632,6 +8645,7 @@ handle_publish(struct conn *c, const struct mqx_packet *pk)
         g.qents[q].next = s->r_head;
         s->r_head = q;
         s->r_count++;
+        c->q2_in++;
         jr_pid(MQX_JR_RCVD, c->sess, pb.pid);
     }
     n = route(m, c->sess);
@@ -8662,19 +8676,19 @@ handle_alias(struct conn *c, struct mqx_publish *pb)
     uint8_t *b;
 
     if (!(pb->props.has & PB(MQX_P_ALIAS))) return 0;
-    if (a == 0 || a > g.cfg.max_topic_alias) {
+    if (a == 0 || a > c->alias_in_max) { /* the CONNACK's, not a reload's */
         handle_violation(c, MQX_RC_ALIAS_INVALID, "topic alias invalid");
         return 1;
     }
     if (!c->alias_in) {
         uint32_t i;
-        c->alias_in = (uint32_t *)(void *)st_alloc(
-            (size_t)g.cfg.max_topic_alias * sizeof(uint32_t));
+        c->alias_in = (uint32_t *)(void *)st_alloc((size_t)c->alias_in_max *
+                                                   sizeof(uint32_t));
         if (!c->alias_in) {
             conn_oom(c, "topic aliases");
             return 1;
         }
-        for (i = 0; i < (uint32_t)g.cfg.max_topic_alias; i++)
+        for (i = 0; i < c->alias_in_max; i++)
             c->alias_in[i] = NIL;
     }
     if (pb->topic.len == 0) {
@@ -8851,6 +8865,7 @@ handle_ack(struct conn *c, const struct mqx_packet *pk)
         if (q != NIL) {
             jr_pid(MQX_JR_REL, c->sess, pid);
             s->r_count--;
+            if (c->q2_in) c->q2_in--;
             qe_free(q);
         }
         conn_ack5(c, MQX_PUBCOMP, pid, /* [MQTT-4.3.3-3] */
