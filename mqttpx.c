@@ -3141,8 +3141,8 @@ mqx_mqtt_frame(const uint8_t *buf, size_t len, uint32_t max,
     enum mqx_rc rc;
 
     if (len == 0) return MQX_MORE;
-    if ((buf[0] >> 4) == 0 || (buf[0] >> 4) == 15) return MQX_BAD;
-    if ((buf[0] >> 4) != MQX_PUBLISH) { /* [MQTT-2.2.2-1], [MQTT-2.2.2-2] */
+    if ((buf[0] >> 4) == 0) return MQX_BAD; /* 15: 5.0's AUTH */
+    if ((buf[0] >> 4) != MQX_PUBLISH) {     /* [MQTT-2.2.2-1], [MQTT-2.2.2-2] */
         unsigned t = buf[0] >> 4;
         unsigned want =
             t == MQX_PUBREL || t == MQX_SUBSCRIBE || t == MQX_UNSUBSCRIBE ? 2
@@ -8966,6 +8966,14 @@ handle_packet(struct conn *c, const struct mqx_packet *pk)
         break;
     case MQX_DISCONNECT:
         handle_disconnect(c, pk);
+        break;
+    case MQX_AUTH: /* 5.0: no enhanced authentication was agreed at
+                      CONNECT (those get 0x8C), so AUTH has no place */
+        if (c->proto == 5)
+            handle_violation(c, MQX_RC_PROTOCOL,
+                             "enhanced authentication is not supported");
+        else
+            handle_protocol_error(c);
         break;
     default:
         handle_protocol_error(c);

@@ -312,7 +312,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* a whole packet: its own bytes, nothing more */
         assert(hr == MQX_DONE && hl >= 2 && hl <= 5 && used == hl + rl);
         assert(used <= left && pk.len == rl && pk.body == b + off + hl);
-        assert(pk.type >= MQX_CONNECT && pk.type <= MQX_DISCONNECT);
+        assert(pk.type >= MQX_CONNECT && pk.type <= MQX_AUTH);
         assert(hl - 1 >= mqx_mqtt_rl_size(rl)); /* never shorter than minimal */
         {
             uint8_t *x = fz_copy(b + off, used); /* exact size */

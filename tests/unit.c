@@ -73,7 +73,8 @@ test_frame(void)
         {"30 ff ff ff ff", MQX_BAD, 0, 0}, /* 5-byte length [MQTT-2.2.3] */
         {"30 ff ff ff 7f", MQX_BIG, 0, 0}, /* 256 MB announced */
         {"00 00", MQX_BAD, 0, 0},          /* type 0 reserved */
-        {"f0 00", MQX_BAD, 0, 0},          /* type 15 (AUTH) not in 3.1.1 */
+        {"f0 00", MQX_DONE, MQX_AUTH, 0},  /* 5.0 AUTH: the handler's */
+        {"f1 00", MQX_BAD, 0, 0},          /* AUTH flags are 0000 */
         {"11 00", MQX_BAD, 0, 0},          /* [MQTT-2.2.2-2] flags */
         {"80 00", MQX_BAD, 0, 0},          /* SUBSCRIBE needs 0010 */
         {"62 02 0001", MQX_DONE, MQX_PUBREL, 2},

@@ -921,3 +921,16 @@ def test_client_maximum_packet_size_others_unaffected(broker):
     assert recv_pub5(large).payload == b"L" * 5000
     assert w.recv_pub(old).payload == b"L" * 5000
     assert collect_until5(small, "mo", b"fence") == []
+
+
+def test_auth_packet_without_enhanced_authentication(broker):
+    # no Authentication Method was agreed at CONNECT (the broker refuses
+    # them with 0x8C), so an AUTH packet is a protocol error [MQTT-4.12.0-6];
+    # a 3.1.1 client sending type 15 is simply closed
+    b = broker()
+    c = open5(b.port, "au")
+    c.send(m5.auth(0x18, [(m5.AUTH_METHOD, "SCRAM-SHA-1")]))
+    m5.expect_disconnect(c, 0x82)
+    v3 = w.open_client(b.port, "au3")
+    v3.send(w.packet(0xF0, b""))
+    v3.expect_closed()
