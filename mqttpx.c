@@ -3337,6 +3337,45 @@ static const uint64_t prop_allowed[] = {
     (PB(MQX_P_PAYLOAD_FORMAT) | PB(MQX_P_CONTENT_TYPE) |                       \
      PB(MQX_P_RESPONSE_TOPIC) | PB(MQX_P_CORRELATION) | PB(MQX_P_USER))
 
+/* The type of each property's value [MQTT-2.2.2.2]: 1, 2, 4 bytes, a
+ * Variable Byte Integer, a string (UTF-8 or binary), a string pair. */
+enum { PT_BAD, PT_U8, PT_U16, PT_U32, PT_VAR, PT_STR, PT_PAIR };
+static uint8_t
+prop_type(uint32_t id)
+{
+    switch (id) {
+    case MQX_P_PAYLOAD_FORMAT:
+    case MQX_P_REQ_PROBLEM:
+    case MQX_P_REQ_RESPONSE:
+    case MQX_P_MAX_QOS:
+    case MQX_P_RETAIN_AVAILABLE:
+    case MQX_P_WILDCARD_AVAILABLE:
+    case MQX_P_SUB_ID_AVAILABLE:
+    case MQX_P_SHARED_AVAILABLE:
+        return PT_U8;
+    case MQX_P_SERVER_KEEPALIVE:
+    case MQX_P_RECEIVE_MAX:
+    case MQX_P_ALIAS_MAX:
+    case MQX_P_ALIAS:
+        return PT_U16;
+    case MQX_P_MESSAGE_EXPIRY:
+    case MQX_P_SESSION_EXPIRY:
+    case MQX_P_WILL_DELAY:
+    case MQX_P_MAX_PACKET:
+        return PT_U32;
+    case MQX_P_SUB_ID:
+        return PT_VAR;
+    case MQX_P_USER:
+        return PT_PAIR;
+    default:
+        return id < 64 && (prop_allowed[MQX_PW_CONNACK] & PB(id)) ? PT_STR
+               : id == MQX_P_CONTENT_TYPE || id == MQX_P_RESPONSE_TOPIC ||
+                       id == MQX_P_CORRELATION
+                   ? PT_STR
+                   : PT_BAD;
+    }
+}
+
 /* A UTF-8 string property: valid MQTT UTF-8, else the block is bad. */
 static struct mqx_str
 rd_utf8(struct rd *r)
@@ -3363,86 +3402,106 @@ mqx_props_decode(const uint8_t *p, size_t n, unsigned where,
     while (rd_left(&r) > 0 && !r.bad) {
         const uint8_t *start = r.p;
         uint32_t id = rd_varint(&r), v;
+        struct mqx_str str;
         if (r.bad || id >= 64 || !(prop_allowed[where] & PB(id)))
             return MQX_BAD;
         if ((o->has & PB(id)) && id != MQX_P_USER &&
             !(id == MQX_P_SUB_ID && where == MQX_PW_PUBLISH))
             return MQX_PROTO; /* [MQTT-2.2.2-2] */
         o->has |= PB(id);
-        switch (id) {
-        case MQX_P_PAYLOAD_FORMAT:
-        case MQX_P_REQ_PROBLEM:
-        case MQX_P_REQ_RESPONSE:
-        case MQX_P_MAX_QOS:
-        case MQX_P_RETAIN_AVAILABLE:
-        case MQX_P_WILDCARD_AVAILABLE:
-        case MQX_P_SUB_ID_AVAILABLE:
-        case MQX_P_SHARED_AVAILABLE:
+        v = 0;
+        str.p = NULL;
+        str.len = 0;
+        switch (prop_type(id)) { /* the value, by its type */
+        case PT_U8:
             v = rd_u8(&r);
-            if (v > 1 && !r.bad) return MQX_PROTO;
-            if (id == MQX_P_PAYLOAD_FORMAT) o->payload_format = (uint8_t)v;
-            if (id == MQX_P_REQ_PROBLEM) o->req_problem = (uint8_t)v;
-            if (id == MQX_P_REQ_RESPONSE) o->req_response = (uint8_t)v;
-            if (id == MQX_P_MAX_QOS) o->max_qos = (uint8_t)v;
+            if (v > 1 && !r.bad) return MQX_PROTO; /* all are 0 or 1 */
             break;
-        case MQX_P_SERVER_KEEPALIVE:
-            o->server_keepalive = rd_u16(&r);
+        case PT_U16:
+            v = rd_u16(&r);
             break;
-        case MQX_P_RECEIVE_MAX:
-            o->receive_max = rd_u16(&r);
-            if (o->receive_max == 0 && !r.bad) return MQX_PROTO;
+        case PT_U32:
+            v = rd_u32(&r);
             break;
-        case MQX_P_ALIAS_MAX:
-            o->alias_max = rd_u16(&r);
+        case PT_VAR:
+            v = rd_varint(&r);
             break;
-        case MQX_P_ALIAS: /* 0 is the handler's to refuse (0x94) */
-            o->alias = rd_u16(&r);
-            break;
-        case MQX_P_MESSAGE_EXPIRY:
-            o->message_expiry = rd_u32(&r);
-            break;
-        case MQX_P_SESSION_EXPIRY:
-            o->session_expiry = rd_u32(&r);
-            break;
-        case MQX_P_WILL_DELAY:
-            o->will_delay = rd_u32(&r);
-            break;
-        case MQX_P_MAX_PACKET:
-            o->max_packet = rd_u32(&r);
-            if (o->max_packet == 0 && !r.bad) return MQX_PROTO;
-            break;
-        case MQX_P_SUB_ID:
-            o->sub_id = rd_varint(&r);
-            if (o->sub_id == 0 && !r.bad) return MQX_PROTO;
-            break;
-        case MQX_P_CONTENT_TYPE:
-            o->content_type = rd_utf8(&r);
-            break;
-        case MQX_P_RESPONSE_TOPIC:
-            o->response_topic = rd_utf8(&r);
-            if (!r.bad &&
-                !mqx_topic_valid(o->response_topic.p, o->response_topic.len))
-                return MQX_PROTO; /* [MQTT-3.3.2-14] */
-            break;
-        case MQX_P_CORRELATION:
-            o->correlation = rd_str(&r);
-            break;
-        case MQX_P_AUTH_METHOD:
-            o->auth_method = rd_utf8(&r);
-            break;
-        case MQX_P_AUTH_DATA:
-            o->auth_data = rd_str(&r);
-            break;
-        case MQX_P_REASON:
-            o->reason = rd_utf8(&r);
-            break;
-        case MQX_P_USER:
+        case PT_PAIR:
             (void)rd_utf8(&r);
             (void)rd_utf8(&r);
             o->n_user++;
             break;
-        default: /* ASSIGNED_ID, RESPONSE_INFO, SERVER_REF */
-            (void)rd_utf8(&r);
+        default: /* binary data, or a UTF-8 string */
+            str = id == MQX_P_CORRELATION || id == MQX_P_AUTH_DATA
+                      ? rd_str(&r)
+                      : rd_utf8(&r);
+            break;
+        }
+        if (r.bad) break;
+        switch (id) { /* where it goes, and what it may not be */
+        case MQX_P_PAYLOAD_FORMAT:
+            o->payload_format = (uint8_t)v;
+            break;
+        case MQX_P_REQ_PROBLEM:
+            o->req_problem = (uint8_t)v;
+            break;
+        case MQX_P_REQ_RESPONSE:
+            o->req_response = (uint8_t)v;
+            break;
+        case MQX_P_MAX_QOS:
+            o->max_qos = (uint8_t)v;
+            break;
+        case MQX_P_SERVER_KEEPALIVE:
+            o->server_keepalive = (uint16_t)v;
+            break;
+        case MQX_P_RECEIVE_MAX:
+            o->receive_max = (uint16_t)v;
+            if (v == 0) return MQX_PROTO; /* [MQTT-3.1.2.11.3] */
+            break;
+        case MQX_P_ALIAS_MAX:
+            o->alias_max = (uint16_t)v;
+            break;
+        case MQX_P_ALIAS: /* 0 is the handler's to refuse (0x94) */
+            o->alias = (uint16_t)v;
+            break;
+        case MQX_P_MESSAGE_EXPIRY:
+            o->message_expiry = v;
+            break;
+        case MQX_P_SESSION_EXPIRY:
+            o->session_expiry = v;
+            break;
+        case MQX_P_WILL_DELAY:
+            o->will_delay = v;
+            break;
+        case MQX_P_MAX_PACKET:
+            o->max_packet = v;
+            if (v == 0) return MQX_PROTO; /* [MQTT-3.1.2.11.4] */
+            break;
+        case MQX_P_SUB_ID:
+            o->sub_id = v;
+            if (v == 0) return MQX_PROTO; /* [MQTT-3.8.2.1.2] */
+            break;
+        case MQX_P_CONTENT_TYPE:
+            o->content_type = str;
+            break;
+        case MQX_P_RESPONSE_TOPIC:
+            o->response_topic = str;
+            if (!mqx_topic_valid(str.p, str.len))
+                return MQX_PROTO; /* [MQTT-3.3.2-14] */
+            break;
+        case MQX_P_CORRELATION:
+            o->correlation = str;
+            break;
+        case MQX_P_AUTH_METHOD:
+            o->auth_method = str;
+            break;
+        case MQX_P_AUTH_DATA:
+            o->auth_data = str;
+            break;
+        case MQX_P_REASON:
+            o->reason = str;
+            break;
+        default: /* RETAIN_AVAILABLE ...: values a client never sends */
             break;
         }
         if (!r.bad && (PROP_FWD & PB(id)))
@@ -3467,52 +3526,40 @@ mqx_props_read(const uint8_t *b, size_t n, unsigned where,
 }
 
 /* Copies the properties that travel with a message, in their order;
- * returns pr->fwd_len. */
+ * returns pr->fwd_len. The block was decoded: every value is whole. */
 size_t
 mqx_props_copy_fwd(const struct mqx_props *pr, uint8_t *out)
 {
     struct rd r = {pr->raw, pr->raw + pr->raw_len, 0};
     size_t o = 0;
 
-    while (rd_left(&r) > 0 && o < pr->fwd_len) {
+    while (rd_left(&r) > 0 && o < pr->fwd_len && !r.bad) {
         const uint8_t *start = r.p;
         uint32_t id = rd_varint(&r);
-        switch (id) {
-        case MQX_P_PAYLOAD_FORMAT:
-        case MQX_P_REQ_PROBLEM:
-        case MQX_P_REQ_RESPONSE:
-        case MQX_P_MAX_QOS:
-        case MQX_P_RETAIN_AVAILABLE:
-        case MQX_P_WILDCARD_AVAILABLE:
-        case MQX_P_SUB_ID_AVAILABLE:
-        case MQX_P_SHARED_AVAILABLE:
+        switch (prop_type(id)) {
+        case PT_U8:
             (void)rd_u8(&r);
             break;
-        case MQX_P_SERVER_KEEPALIVE:
-        case MQX_P_RECEIVE_MAX:
-        case MQX_P_ALIAS_MAX:
-        case MQX_P_ALIAS:
+        case PT_U16:
             (void)rd_u16(&r);
             break;
-        case MQX_P_MESSAGE_EXPIRY:
-        case MQX_P_SESSION_EXPIRY:
-        case MQX_P_WILL_DELAY:
-        case MQX_P_MAX_PACKET:
+        case PT_U32:
             (void)rd_u32(&r);
             break;
-        case MQX_P_SUB_ID:
+        case PT_VAR:
             (void)rd_varint(&r);
             break;
-        case MQX_P_USER:
+        case PT_PAIR:
             (void)rd_str(&r);
+            /* fall through */
+        case PT_STR:
             (void)rd_str(&r);
             break;
         default:
-            (void)rd_str(&r);
+            r.bad = 1;
             break;
         }
-        if (r.bad) break;
-        if (id < 64 && (PROP_FWD & PB(id))) {
+        if (!r.bad && id < 64 && (PROP_FWD & PB(id))) {
             memcpy(out + o, start, (size_t)(r.p - start));
             o += (size_t)(r.p - start);
         }
