@@ -216,6 +216,12 @@ class Broker:
                 return self.returncode
         for t in self.threads:
             t.join(2)
+        if not any(t.is_alive() for t in self.threads):
+            # the test item keeps this object for the whole session: its
+            # pipes must not pile up (paho's select() fails past fd 1023)
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream:
+                    stream.close()
         if self.returncode is None:
             self.returncode = self.proc.returncode
         return self.returncode
