@@ -53,12 +53,12 @@ class Paho:
         self.c.loop_stop()
 
 
-@pytest.fixture
-def paho_clients():
+def paho_made(cls):
+    """For a fixture: yields a maker of cls clients, then stops them all."""
     made = []
 
     def make(*a, **kw):
-        p = Paho(*a, **kw)
+        p = cls(*a, **kw)
         made.append(p)
         return p
 
@@ -69,6 +69,11 @@ def paho_clients():
             p.c.socket() and p.c.socket().close()
         except Exception:
             pass
+
+
+@pytest.fixture
+def paho_clients():
+    yield from paho_made(Paho)
 
 
 @pytest.mark.parametrize("proto", [mqtt.MQTTv31, mqtt.MQTTv311],

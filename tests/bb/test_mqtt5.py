@@ -25,6 +25,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 import mqttwire as w
 import mqtt5wire as m5
 from mqtt5wire import open5, refused5, sub5, pub5, recv_pub5, user
+from test_clients import Paho, paho_made
 
 # CONNACK properties a server without these limits leaves out, and what
 # leaving them out means [MQTT-3.2.2.3]
@@ -611,8 +612,9 @@ def test_request_response_raw(broker):
     assert r.props.get(m5.CORRELATION_DATA) == corr, r
 
 
-class Paho5:
-    """A paho 1.6 MQTT 5 client with a network thread."""
+class Paho5(Paho):
+    """A paho 1.6 MQTT 5 client with a network thread (get and stop as
+    test_clients.Paho)."""
 
     def __init__(self, port, cid, clean_start=True, properties=None):
         self.msgs = queue.Queue()
@@ -650,30 +652,10 @@ class Paho5:
         info.wait_for_publish(timeout=5)
         assert info.is_published(), "no PUBACK/PUBCOMP within 5 s"
 
-    def get(self, timeout=5):
-        return self.msgs.get(timeout=timeout)
-
-    def stop(self):
-        self.c.disconnect()
-        self.c.loop_stop()
-
 
 @pytest.fixture
 def paho5():
-    made = []
-
-    def make(*a, **kw):
-        p = Paho5(*a, **kw)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        try:
-            p.c.loop_stop()
-            p.c.socket() and p.c.socket().close()
-        except Exception:
-            pass
+    yield from paho_made(Paho5)
 
 
 def test_paho_v5_request_response(broker, paho5):
