@@ -4214,12 +4214,12 @@ tree_path(const uint8_t *t, size_t n, int create)
 
 static int acl_allows(uint32_t s, const uint8_t *t, size_t n, unsigned access);
 
-/* Are two subscriptions in the same $share group (or both unshared)? */
+/* Is subscription a in the $share group `name` (len bytes), or unshared
+ * like it when name is NULL? */
 static int
-sub_same_share(const struct sub *a, uint32_t share, uint16_t len,
-               const uint8_t *name)
+sub_same_share(const struct sub *a, const uint8_t *name, uint16_t len)
 {
-    if (a->share == NIL || share == NIL) return a->share == share;
+    if (a->share == NIL || !name) return a->share == NIL && !name;
     return a->share_len == len && memcmp(st_ptr(a->share), name, len) == 0;
 }
 
@@ -4236,13 +4236,13 @@ share_pick(uint32_t nd, uint32_t first, const uint8_t *t, size_t n)
     int best_on = 0;
 
     for (si = g.nodes[nd].subs; si != first; si = g.subs[si].node_next)
-        if (sub_same_share(&g.subs[si], f->share, f->share_len, name))
+        if (sub_same_share(&g.subs[si], name, f->share_len))
             return; /* done at an earlier member */
     for (si = first; si != NIL; si = g.subs[si].node_next) {
         const struct sub *sb = &g.subs[si];
         const struct sess *s = &g.sess[sb->sess];
         int on = s->conn != NIL && g.conns[s->conn].state == CONN_ONLINE;
-        if (!sub_same_share(sb, f->share, f->share_len, name)) continue;
+        if (!sub_same_share(sb, name, f->share_len)) continue;
         if (!acl_allows(sb->sess, t, n, MQX_ACL_READ)) continue;
         if (best == NIL || on > best_on ||
             (on == best_on && sb->last < g.subs[best].last)) {
@@ -5289,8 +5289,7 @@ sub_add(uint32_t s, const uint8_t *f, size_t n, uint8_t qos, uint8_t opts,
     *node = nd;
     for (si = g.sess[s].subs; si != NIL; si = g.subs[si].sess_next)
         if (g.subs[si].node == nd &&
-            sub_same_share(&g.subs[si], grp.p ? 0 : NIL, (uint16_t)grp.len,
-                           grp.p)) {
+            sub_same_share(&g.subs[si], grp.p, (uint16_t)grp.len)) {
             g.subs[si].qos = qos;
             g.subs[si].opts = opts;
             g.subs[si].sub_id = sub_id;
@@ -5340,8 +5339,7 @@ sub_remove(uint32_t s, const uint8_t *f, size_t n)
     if (nd == NIL) return 0;
     for (si = g.sess[s].subs; si != NIL; prev = si, si = g.subs[si].sess_next)
         if (g.subs[si].node == nd &&
-            sub_same_share(&g.subs[si], grp.p ? 0 : NIL, (uint16_t)grp.len,
-                           grp.p)) {
+            sub_same_share(&g.subs[si], grp.p, (uint16_t)grp.len)) {
             if (prev == NIL)
                 g.sess[s].subs = g.subs[si].sess_next;
             else
@@ -5503,8 +5501,7 @@ share_other(uint32_t from)
     for (si = g.nodes[f->node].subs; si != NIL; si = g.subs[si].node_next) {
         const struct sub *sb = &g.subs[si];
         const struct sess *s = &g.sess[sb->sess];
-        if (sb->sess == f->sess ||
-            !sub_same_share(sb, f->share, f->share_len, name))
+        if (sb->sess == f->sess || !sub_same_share(sb, name, f->share_len))
             continue;
         if (s->conn == NIL || g.conns[s->conn].state != CONN_ONLINE) continue;
         if (best == NIL || sb->last < g.subs[best].last) best = si;
