@@ -6685,6 +6685,20 @@ store_sess_rec(struct sw *w, uint32_t si, unsigned type)
     sw_end(w);
 }
 
+/* A queued delivery: session, message, QoS, QF_* flags (snapshot and
+ * journal write the same record). */
+static void
+store_queue_rec(struct sw *w, unsigned type, uint32_t sid, uint32_t m,
+                uint8_t qos, uint8_t flags)
+{
+    sw_begin(w, type, 10);
+    sw_u32(w, sid);
+    sw_u32(w, m);
+    sw_u8(w, qos);
+    sw_u8(w, flags);
+    sw_end(w);
+}
+
 /* A message record: id, QoS, retain (bit 1: 5.0 fields follow the topic:
  * expiry time, properties), topic, payload. */
 static void
@@ -6744,14 +6758,9 @@ store_put_sess(struct sw *w, uint32_t si)
     store_sess_rec(w, si, MQX_SR_SESS);
     for (sb = s->subs; sb != NIL; sb = g.subs[sb].sess_next)
         store_sub_rec(w, MQX_SR_SUB, si, sb);
-    for (q = s->q_head; q != NIL; q = g.qents[q].next) {
-        sw_begin(w, MQX_SR_QUEUE, 10);
-        sw_u32(w, si);
-        sw_u32(w, g.qents[q].msg);
-        sw_u8(w, g.qents[q].qos);
-        sw_u8(w, g.qents[q].retain);
-        sw_end(w);
-    }
+    for (q = s->q_head; q != NIL; q = g.qents[q].next)
+        store_queue_rec(w, MQX_SR_QUEUE, si, g.qents[q].msg, g.qents[q].qos,
+                        g.qents[q].retain);
     for (q = s->f_head; q != NIL; q = g.qents[q].next) {
         sw_begin(w, MQX_SR_INFLIGHT, 12);
         sw_u32(w, si);
@@ -6856,16 +6865,10 @@ jr_sub(unsigned type, uint32_t sid, uint8_t qos, const uint8_t *f, size_t n,
 static void
 jr_queue(uint32_t sid, uint32_t m, uint8_t qos, uint8_t retain)
 {
-    struct sw *w;
-
     if (!g.journal || g.sess[sid].clean) return;
     jr_msg(m);
-    w = jr_begin(MQX_JR_QUEUE, 10);
-    sw_u32(w, sid);
-    sw_u32(w, m);
-    sw_u8(w, qos);
-    sw_u8(w, retain);
-    jr_done();
+    store_queue_rec(&g.jw, MQX_JR_QUEUE, sid, m, qos, retain);
+    g.jr_records++;
 }
 
 static void

@@ -21,26 +21,18 @@ from test_mqtt5 import auth_broker
 
 # ---- PUBACK / PUBREC / PUBREL / PUBCOMP reason codes ---------------------
 
-def test_puback_success_and_no_matching_subscribers(broker):
-    # PUBACK 0x00 when someone gets it, 0x10 no matching subscribers
-    # otherwise [MQTT-3.4.2.1]; either way the message is accepted
+@pytest.mark.parametrize("qos", [1, 2], ids=["puback", "pubrec"])
+def test_ack_success_and_no_matching_subscribers(broker, qos):
+    # PUBACK/PUBREC 0x00 when someone gets it, 0x10 no matching
+    # subscribers otherwise [MQTT-3.4.2.1]; either way the message is
+    # accepted, and 0x10 is below 0x80: a QoS 2 flow goes on with
+    # PUBREL/PUBCOMP
     b = broker()
     s = open5(b.port, "s")
-    sub5(s, 1, [("ack/yes", 1)])
+    sub5(s, 1, [("ack%d/yes" % qos, qos)])
     p = open5(b.port, "p")
-    assert pub5(p, "ack/yes", b"1", qos=1, pid=1) == 0x00
-    assert pub5(p, "ack/no", b"2", qos=1, pid=2) == 0x10
-    assert recv_pub5(s).payload == b"1"
-
-
-def test_pubrec_success_and_no_matching_subscribers(broker):
-    # PUBREC 0x10 is below 0x80: the flow goes on with PUBREL/PUBCOMP
-    b = broker()
-    s = open5(b.port, "s")
-    sub5(s, 1, [("ack2/yes", 2)])
-    p = open5(b.port, "p")
-    assert pub5(p, "ack2/yes", b"1", qos=2, pid=1) == 0x00
-    assert pub5(p, "ack2/no", b"2", qos=2, pid=2) == 0x10
+    assert pub5(p, "ack%d/yes" % qos, b"1", qos=qos, pid=1) == 0x00
+    assert pub5(p, "ack%d/no" % qos, b"2", qos=qos, pid=2) == 0x10
     assert recv_pub5(s).payload == b"1"
 
 
